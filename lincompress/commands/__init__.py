@@ -1,0 +1,1 @@
+"""CLI subcommands: one module each, exposing a click command named ``command``."""

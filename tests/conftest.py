@@ -1,0 +1,29 @@
+"""Shared fixtures. GPU tests are marked ``gpu`` and skipped on machines without CUDA."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/zoo.py
+
+REPO = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore", message=".*Autocast.*")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
