@@ -154,7 +154,7 @@ class SiteRouter(TorchFunctionMode):
         if func in _SDPA_FUNCS:
             return self._route_sdpa(func, args, kwargs)
         if not self.track_patterns:
-            return func(*args, **kwargs)
+            return _call(func, args, kwargs)
         return self._track(func, args, kwargs)
 
     def _route_sdpa(self, func, args, kwargs):
@@ -174,14 +174,14 @@ class SiteRouter(TorchFunctionMode):
             if hit is not None:
                 site = self._next_site()
                 if site is None:
-                    return func(*args, **kwargs)
+                    return _call(func, args, kwargs)
                 q, kt = hit
-                return site(q, kt.transpose(-2, -1), b, softmax_fn=lambda: func(*args, **kwargs))
-            out = func(*args, **kwargs)
+                return site(q, kt.transpose(-2, -1), b, softmax_fn=lambda: _call(func, args, kwargs))
+            out = _call(func, args, kwargs)
             if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dim() >= 2 and b.dim() >= 2:
                 self.scores.append((out, a, b))
             return out
-        out = func(*args, **kwargs)
+        out = _call(func, args, kwargs)
         if func in _SCALE_FUNCS or func in _PASS_FUNCS:
             hit = self._find(self.scores, args[0]) if args else None
             if hit is not None and (func in _PASS_FUNCS or not isinstance(args[1], Tensor) or args[1].dim() == 0):
@@ -194,6 +194,18 @@ class SiteRouter(TorchFunctionMode):
             if hit is not None:
                 self.probs.append((out, *hit))
         return out
+
+
+def _call(func, args, kwargs):
+    """Run an intercepted function unchanged.
+
+    Tensor methods are re-dispatched as method calls: some (``Tensor.unflatten``) are
+    Python wrappers around ``super()`` that torch.compile cannot inline as plain functions.
+    """
+    name = getattr(func, "__name__", None)
+    if args and isinstance(args[0], Tensor) and name and getattr(Tensor, name, None) is func:
+        return getattr(args[0], name)(*args[1:], **kwargs)
+    return func(*args, **kwargs)
 
 
 _ROUTED_CLASSES: dict[type, type] = {}

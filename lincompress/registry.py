@@ -13,7 +13,10 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
+from lincompress.errors import LinCompressError
+
 GROUPS = {"passes": "lincompress.passes", "exporters": "lincompress.exporters"}
+_SINGULAR = {"passes": "pass", "exporters": "exporter"}
 _LOCAL: dict[str, dict[str, Any]] = {"passes": {}, "exporters": {}}
 
 
@@ -43,4 +46,4 @@ def get(kind: str, name: str) -> Any:
         if ep.name == name:
             return ep.load()
     names = sorted({ep.name for ep in entry_points(group=GROUPS[kind])} | set(_LOCAL[kind]))
-    raise KeyError(f"no {kind[:-1]} named {name!r}; available: {', '.join(names) or 'none'}")
+    raise LinCompressError(f"no {_SINGULAR[kind]} named {name!r}; available: {', '.join(names) or 'none'}")
