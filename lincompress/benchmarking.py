@@ -1,0 +1,434 @@
+"""Latency and memory of an original model and its fixed hybrids, measured the same way in one run.
+
+Used by ``lincompress bench`` and ``benchmarks/e2e.py``. Timing follows the usual rules
+for asynchronous devices: warm up first (module load, ``torch.compile``, autotuning and
+allocator growth stay out of the numbers), then time each repetition on its own and
+report the median. On CUDA a repetition is timed with CUDA events and peak memory is
+``torch.cuda.max_memory_allocated`` over one call; on CPU the host clock is used and
+memory is reported as unavailable (``None``), since an RSS delta mostly measures the
+allocator, not the model.
+
+Fixed models are built from the original in place (hybridize the chosen sites, fix,
+measure, then ``restore_original``), so a 14B model never needs a second copy in memory;
+an artifact's fixed model is built on a deep copy (``lincompress.apply``), because its
+weights may replace base parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lincompress.attention import SITES_ATTR, detach_sites, iter_sites
+from lincompress.discovery import SiteInfo
+from lincompress.errors import LinCompressError
+from lincompress.rewrite import fix_model, hybridize_model
+
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# --------------------------------------------------------------------------- parsing user options
+
+
+def parse_targets(text: str) -> list[float]:
+    """``"0.5,0.7,1"`` -> ``[0.5, 0.7, 1.0]`` (sorted, unique); one-line error otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(p == "" for p in parts):
+        raise LinCompressError(
+            f"--targets {text!r} is not a comma-separated list of fractions; write e.g. --targets 0.5,0.7,1.0"
+        )
+    values = []
+    for p in parts:
+        try:
+            value = float(p)
+        except ValueError:
+            raise LinCompressError(
+                f"--targets: {p!r} is not a number; give fractions of attention layers to make linear, e.g. 0.5,0.7,1.0"
+            ) from None
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise LinCompressError(f"--targets: {p} is out of range; each target is a fraction in [0, 1]")
+        values.append(value)
+    return sorted(set(values))
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``"auto"`` -> cuda when available, else cpu; refuses devices that are not there."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise LinCompressError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LinCompressError("--device cuda: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LinCompressError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise LinCompressError(f"--device {name!r}: lincompress bench supports cpu and cuda devices")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA, fp32 on CPU."""
+    if name in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise LinCompressError(f"--dtype {name!r} is not supported; choose one of auto, {', '.join(DTYPES)}") from None
+
+
+# --------------------------------------------------------------------------- timing and memory
+
+
+@dataclass
+class Timing:
+    """Milliseconds per call: median (the reported number) and spread over ``reps`` timed calls."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    reps: int
+    warmup: int
+    first_call_s: float  # wall time of the first warm-up call (includes compilation, if any)
+    peak_memory_bytes: int | None = None  # CUDA: max_memory_allocated over the timed calls (weights included)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, reps: int = 10) -> Timing:
+    """Median latency of ``fn()``: ``warmup`` untimed calls, then ``reps`` individually timed ones.
+
+    CUDA: each call between two CUDA events (device time, launch gaps included), and
+    the peak memory allocated over the timed calls; CPU: ``time.perf_counter`` around
+    each call, no memory figure.
+    """
+    if reps < 1:
+        raise ValueError("reps must be >= 1")
+    first_call_s = 0.0
+    for i in range(max(0, warmup)):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        if i == 0:
+            first_call_s = time.perf_counter() - start
+    samples: list[float] = []
+    peak = None
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for begin, end in events:
+            begin.record()
+            fn()
+            end.record()
+        synchronize(device)
+        samples = [begin.elapsed_time(end) for begin, end in events]
+        peak = int(torch.cuda.max_memory_allocated(device))
+    else:
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+    return Timing(
+        median_ms=statistics.median(samples), min_ms=min(samples), max_ms=max(samples), reps=reps,
+        warmup=max(0, warmup), first_call_s=first_call_s, peak_memory_bytes=peak,
+    )
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak bytes allocated on the device during one ``fn()`` (weights included); ``None`` off CUDA."""
+    if device.type != "cuda":
+        fn()
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device))
+
+
+def cast_model(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``model.to(device, dtype)``, except what the model keeps in float32 in half precision.
+
+    diffusers models name such modules in ``_keep_in_fp32_modules`` (Wan: rope, time
+    embedder, norms, modulation tables) and ``from_pretrained(torch_dtype=...)`` keeps
+    them in float32; doing the same here benchmarks the model as pipelines run it.
+    Each tensor is cast once, straight to its final dtype.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype in (torch.float16, torch.bfloat16) else set()
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            parts = set(module_name.split(".")) if module_name else set()
+            for table in (module._parameters, module._buffers):
+                for name, tensor in list(table.items()):
+                    if tensor is None:
+                        continue
+                    if tensor.is_floating_point():
+                        kept = bool(keep & (parts | {name}))
+                        new = tensor.to(device=device, dtype=torch.float32 if kept else dtype)
+                    else:
+                        new = tensor.to(device=device)
+                    if isinstance(tensor, nn.Parameter):
+                        tensor.data = new
+                    else:
+                        table[name] = new
+    return model
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- model calls
+
+
+def model_output(out: Any) -> torch.Tensor:
+    """The denoiser's prediction out of a tensor, a tuple (``return_dict=False``) or a diffusers output."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    raise LinCompressError(
+        f"the model returned {type(out).__name__}; bench needs a tensor, a tuple whose first item is the prediction, "
+        "or an output with .sample"
+    )
+
+
+def move_inputs(kwargs: dict[str, Any], device: torch.device, dtype: torch.dtype, keep_dtype: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Tensors to ``device``; floating tensors to ``dtype`` except those named in ``keep_dtype`` (timesteps)."""
+    moved = {}
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and key not in keep_dtype:
+                value = value.to(device=device, dtype=dtype)
+            else:
+                value = value.to(device=device)
+        moved[key] = value
+    return moved
+
+
+def flow_sigmas(scheduler: Any, steps: int) -> tuple[str, Any]:
+    """How the sampling loop walks noise -> data: the target's scheduler when it can, else plain Euler."""
+    if scheduler is not None and hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step"):
+        return "scheduler", scheduler
+    return "euler", torch.linspace(1.0, 0.0, steps + 1)
+
+
+def make_sampler(
+    model: Callable[..., Any], kwargs: dict[str, Any], latent_key: str, timestep_key: str, scheduler: Any, steps: int
+) -> tuple[Callable[[], torch.Tensor], str]:
+    """A closure running an N-step flow-matching Euler sampling loop from ``kwargs[latent_key]``.
+
+    With a diffusers scheduler (``set_timesteps`` + ``step``) the loop is exactly a
+    pipeline's denoising loop (a fresh copy of the scheduler per run, so runs are
+    identical); without one it is plain Euler on ``x_t = (1 - t) x_0 + t eps`` with
+    ``t`` from 1 to 0 in ``steps`` equal steps and timestep ``1000 t``. Returns
+    (closure, description).
+    """
+    if latent_key not in kwargs:
+        raise LinCompressError(
+            f"the model's inputs have no {latent_key!r}; set Target(latent_key=...) to the kwarg that carries the latent"
+        )
+    latent = kwargs[latent_key]
+    example_t = kwargs.get(timestep_key)
+    t_dtype = example_t.dtype if isinstance(example_t, torch.Tensor) else torch.float32
+    batch = latent.shape[0]
+    kind, spec = flow_sigmas(scheduler, steps)
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        timestep = t.to(device=x.device, dtype=t_dtype).reshape(1).repeat(batch)  # contiguous, like the example
+        return model_output(model(**{**kwargs, latent_key: x, timestep_key: timestep}))
+
+    if kind == "scheduler":
+
+        def run() -> torch.Tensor:
+            sched = copy.deepcopy(spec)
+            sched.set_timesteps(steps, device=latent.device)
+            x = latent.clone()
+            for t in sched.timesteps:
+                x = sched.step(call(x, t), t, x, return_dict=False)[0]
+            return x
+
+        return run, f"{type(spec).__name__}, {steps} steps"
+
+    sigmas = spec.to(latent.device)
+
+    def run_euler() -> torch.Tensor:
+        x = latent.clone()
+        for i in range(steps):
+            v = call(x, sigmas[i] * 1000.0)
+            x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(latent.dtype)
+        return x
+
+    return run_euler, f"Euler (flow matching), {steps} steps"
+
+
+# --------------------------------------------------------------------------- fixed models
+
+
+def candidate_sites(sites: list[SiteInfo]) -> list[SiteInfo]:
+    return [s for s in sites if s.candidate]
+
+
+def restore_original(model: nn.Module) -> None:
+    """Undo ``hybridize_model``/``fix_model`` in place: every owner gets its original class back."""
+    for _, module in list(model.named_modules()):
+        if hasattr(module, SITES_ATTR) and getattr(type(module), "_lincompress_original_class", None) is not None:
+            detach_sites(module)
+
+
+@contextmanager
+def fixed_in_place(
+    model: nn.Module, sites: list[SiteInfo], selection: list[str], feature_map: str, eps: float = 1e-6
+) -> Iterator[nn.Module]:
+    """``model`` as the fixed hybrid with ``selection`` linear, restored to the original on exit.
+
+    The linear sites' feature maps start at their initialisation (identity projections):
+    speed does not depend on their values.
+    """
+    if iter_sites(model):
+        raise LinCompressError("the model already carries lincompress sites; benchmark the original model")
+    try:
+        hybridize_model(model, sites, feature_map, eps)
+        fix_model(model, selection)
+        yield model
+    finally:
+        restore_original(model)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device and library versions, for the JSON report."""
+    import lincompress
+
+    env: dict[str, Any] = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "lincompress": lincompress.__version__,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            cuda=torch.version.cuda,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    else:
+        env["cpu_threads"] = torch.get_num_threads()
+    for name in ("diffusers", "triton"):
+        try:
+            module = __import__(name)
+            env[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            env[name] = None
+    from lincompress.kernels import HAS_TRITON
+
+    env["linear_attention_backend"] = "triton" if (HAS_TRITON and device.type == "cuda") else "pytorch reference"
+    return env
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One benchmarked model: the original (``target_linear`` 0, no linear site) or a fixed hybrid."""
+
+    variant: str
+    target_linear: float
+    num_linear: int
+    num_candidates: int
+    linear_sites: list[str]
+    forward: Timing | None = None
+    sampling: Timing | None = None
+    peak_memory_bytes: int | None = None
+    compile_s: float | None = None
+    speedup_forward: float | None = None
+    speedup_sampling: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "variant": self.variant,
+            "target_linear": self.target_linear,
+            "num_linear": self.num_linear,
+            "num_candidates": self.num_candidates,
+            "linear_sites": list(self.linear_sites),
+            "forward_ms": self.forward.median_ms if self.forward else None,
+            "forward": self.forward.to_dict() if self.forward else None,
+            "sampling_ms": self.sampling.median_ms if self.sampling else None,
+            "sampling": self.sampling.to_dict() if self.sampling else None,
+            "speedup_forward": self.speedup_forward,
+            "speedup_sampling": self.speedup_sampling,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_mib": None if self.peak_memory_bytes is None else round(self.peak_memory_bytes / 2**20, 1),
+            "compile_s": self.compile_s,
+        }
+        data.update(self.extra)
+        return data
+
+
+def fill_speedups(rows: list[Row]) -> None:
+    """Speed-ups of every row against the first one (the original)."""
+    if not rows:
+        return
+    base = rows[0]
+    for row in rows:
+        if base.forward and row.forward:
+            row.speedup_forward = base.forward.median_ms / row.forward.median_ms
+        if base.sampling and row.sampling:
+            row.speedup_sampling = base.sampling.median_ms / row.sampling.median_ms
+
+
+def format_memory(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "n/a"
+    if num_bytes >= 2**30:
+        return f"{num_bytes / 2**30:.2f} GiB"
+    return f"{num_bytes / 2**20:.1f} MiB"
+
+
+def format_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:,.1f}" if ms >= 10 else f"{ms:.3f}"
+
+
+def format_speedup(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
