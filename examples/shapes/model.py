@@ -1,0 +1,62 @@
+"""The shapes teacher as a lincompress Target: ``lincompress optimize examples/shapes/model.py --target-linear 0.5``.
+
+A small diffusers ``WanTransformer3DModel`` (8 layers, 8 M parameters, pixel space,
+512 video tokens) trained by ``train_teacher.py`` with flow matching on the procedural
+world of ``world.py`` (coloured shapes moving in given directions); its weights ship as
+``teacher.safetensors``. ``Target.extras["world"]`` lets ``lincompress eval`` score what
+the samples show (colour, shape, motion) analytically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from lincompress import Target
+
+HERE = Path(__file__).resolve().parent
+
+
+def _sibling(name: str):
+    """Import world.py / teacher.py from this folder under a unique module name (model.py is loaded by path)."""
+    key = f"lincompress_examples_shapes_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+world = _sibling("world")
+teacher = _sibling("teacher")
+
+
+def build() -> Target:
+    model = teacher.load_teacher()
+    shapes_world = world.ShapesWorld()
+
+    def conditions(batch_size: int, generator: torch.Generator) -> dict:
+        return shapes_world.condition_inputs(shapes_world.sample_conditions(batch_size, generator))
+
+    def example_inputs(batch_size: int) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {
+            "hidden_states": torch.randn(batch_size, *world.LATENT_SHAPE, generator=g),
+            "timestep": torch.full((batch_size,), 500.0),
+            **conditions(batch_size, g),
+            "return_dict": False,
+        }
+
+    return Target(
+        model=model,
+        example_inputs=example_inputs,
+        scheduler=teacher.make_scheduler(),
+        conditions=conditions,
+        latent_shape=world.LATENT_SHAPE,
+        name="shapes-teacher",
+        extras={"world": shapes_world},
+    )

@@ -1,0 +1,21 @@
+"""Recovery: data-free selective transfer + post-training of the hybrid against the original model.
+
+sampling.py      flow-matching conventions, scheduler sigma grids, model calls, Euler sampler
+teacher_data.py  the original model's own trajectories, cached as safetensors shards (resumable)
+objectives.py    ADM (default), MSE, FM: one interface, one class each
+selective.py     the selection regulariser (constraint, binarisation, progressive freezing) and greedy
+trainer.py       the training loop (AdamW groups, bf16, checkpointing, NaN guard, Ctrl-C)
+checkpoint.py    pickle-free checkpoints with every RNG stream, for exact resume
+progress.py      progress bar and JSONL metrics;  report.py  report.md + plots
+
+The passes (``lincompress.passes.SelectiveTransfer`` / ``Recover`` / ``Report``) wrap these.
+"""
+
+from lincompress.recovery.objectives import OBJECTIVES, Objective, make_objective
+from lincompress.recovery.selective import SelectiveConfig, SelectiveRegularizer, greedy_selection
+from lincompress.recovery.trainer import NonFiniteError, RecoveryConfig, Trainer, TrainingInterrupted
+
+__all__ = [
+    "OBJECTIVES", "NonFiniteError", "Objective", "RecoveryConfig", "SelectiveConfig", "SelectiveRegularizer",
+    "Trainer", "TrainingInterrupted", "greedy_selection", "make_objective",
+]

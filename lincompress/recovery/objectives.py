@@ -1,0 +1,222 @@
+"""Recovery objectives: strategy objects with one interface, ``loss(ctx, batch) -> (loss, logs)``.
+
+* ``adm`` (default): anytime distribution matching, data-free. x_t comes from the
+  student's own few-step sampler (gradient through the last step(s)); the reverse-KL
+  gradient E[(s_S - s_T)(x_t) . dx_t/dtheta] is produced by the stop-gradient surrogate
+  ``0.5 * ||x_t - sg(x_t - w_t (s_S - s_T))||^2``. The student's own prediction is its
+  score estimate (no fake-score network).
+* ``mse``: match teacher velocities at cached teacher trajectory points.
+* ``fm``: flow-matching loss on cached teacher samples (fresh noise and t).
+
+Adding an objective is one class with ``name``, ``needs_teacher_data`` and ``loss``,
+registered in ``OBJECTIVES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lincompress.errors import LinCompressError
+from lincompress.recovery.sampling import ConditionSource, ModelCaller, euler_sample, expand_sigma, sample_sigmas
+from lincompress.recovery.teacher_data import TeacherData
+
+
+@dataclass
+class Context:
+    """What an objective may use; the trainer builds it once."""
+
+    student: nn.Module
+    teacher: nn.Module
+    caller: ModelCaller
+    conditions: ConditionSource
+    latent_shape: tuple[int, ...]
+    shift: float  # training-time timestep shift
+    student_sigmas: Tensor  # the student's few-step sampler grid, [n + 1]
+    generator: torch.Generator  # every random draw of training comes from here (resume reproduces it)
+    device: torch.device
+    autocast: bool = False
+    data: TeacherData | None = None
+
+    def velocity(self, model: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.caller(model, x, sigma, cond).float()
+
+    def to_device(self, *tensors: Tensor) -> list[Tensor]:
+        return [t.to(self.device) for t in tensors]
+
+    def randn(self, batch: int) -> Tensor:
+        return torch.randn(batch, *self.latent_shape, generator=self.generator).to(self.device)
+
+    def sample_conditions(self, batch: int) -> dict[str, Tensor]:
+        """Conditions for data-free draws: cached teacher conditions when there are any, else the source."""
+        if self.data is not None and self.data.cond:
+            index = torch.randint(self.data.num_samples, (batch,), generator=self.generator)
+            return {k: v.to(self.device) for k, v in self.data.cond_at(index).items()}
+        return {k: v.to(self.device) for k, v in self.conditions(batch, self.generator).items()}
+
+
+class Objective:
+    name: ClassVar[str] = ""
+    needs_teacher_data: ClassVar[bool] = False
+
+    def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def _require_data(ctx: Context, who: str) -> TeacherData:
+    if ctx.data is None:
+        raise LinCompressError(f"objective {who!r} trains on teacher trajectories; give --samples >= 1")
+    return ctx.data
+
+
+@dataclass
+class MSE(Objective):
+    """Velocity regression on the teacher's own trajectory points."""
+
+    name: ClassVar[str] = "mse"
+    needs_teacher_data: ClassVar[bool] = True
+
+    def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
+        x, sigma, v_t, cond = _require_data(ctx, self.name).points(batch, ctx.generator)
+        x, sigma, v_t = ctx.to_device(x, sigma, v_t)
+        v_s = ctx.velocity(ctx.student, x, sigma, {k: c.to(ctx.device) for k, c in cond.items()})
+        loss = F.mse_loss(v_s, v_t)
+        return loss, {"mse": loss.item()}
+
+
+@dataclass
+class FlowMatching(Objective):
+    """Denoising flow-matching loss on teacher-generated samples: v_S(x_t) -> eps - x_0."""
+
+    name: ClassVar[str] = "fm"
+    needs_teacher_data: ClassVar[bool] = True
+
+    def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
+        data = _require_data(ctx, self.name)
+        index = torch.randint(data.num_samples, (batch,), generator=ctx.generator)
+        x0 = data.sample[index].to(ctx.device)
+        eps = ctx.randn(batch)
+        sigma = sample_sigmas(batch, ctx.shift, ctx.generator).to(ctx.device)
+        s = expand_sigma(sigma, x0)
+        x_t = (1 - s) * x0 + s * eps
+        v_s = ctx.velocity(ctx.student, x_t, sigma, {k: c.to(ctx.device) for k, c in data.cond_at(index).items()})
+        loss = F.mse_loss(v_s, eps - x0)
+        return loss, {"fm": loss.item()}
+
+
+def score_difference(v_student: Tensor, v_teacher: Tensor, sigma: Tensor) -> Tensor:
+    """s_S - s_T = -((1 - t) / t) (v_S - v_T), from s(x_t, t) = -(x_t + (1 - t) v) / t."""
+    t = expand_sigma(sigma, v_student)
+    return -((1 - t) / t) * (v_student - v_teacher)
+
+
+@dataclass
+class ADM(Objective):
+    """Anytime distribution matching on the student's own few-step trajectories.
+
+    sampler_steps: steps of the student's Euler sampler (its sigma grid comes from the
+        target's scheduler); a stop index k in 1..n is drawn per step ("anytime").
+    grad_steps: how many of the last sampler steps carry gradient (1 = only the last).
+    renoise: at k = n (a finished sample, sigma 0) re-noise to a random t, DMD-style.
+    normalize: w_t makes the per-sample update scale-free (DMD divides by the mean
+        absolute distance to the teacher's denoised estimate; x_t - x0_T = t v_T, so on
+        the velocity scale the analogue is mean|v_T|). Off: w_t = t / (1 - t), i.e. the
+        raw velocity difference.
+    regression: weight of an extra velocity-MSE term on cached teacher points. None (default):
+        1.0 when teacher trajectories are cached, else off. Measured on the trained shapes
+        teacher (benchmarks/recovery.py), pure ADM raised the held-out velocity error while
+        ADM + this anchor lowered it, so the anchor is on by default; 0 gives pure ADM.
+    """
+
+    name: ClassVar[str] = "adm"
+    sampler_steps: int = 4
+    grad_steps: int = 1
+    renoise: bool = True
+    normalize: bool = True
+    regression: float | None = None
+    _eps: float = field(default=1e-6, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sampler_steps < 1 or not 1 <= self.grad_steps <= self.sampler_steps:
+            raise LinCompressError(
+                f"ADM needs sampler_steps >= 1 and 1 <= grad_steps <= sampler_steps, got {self.sampler_steps}, {self.grad_steps}"
+            )
+
+    def student_sample(self, ctx: Context, batch: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """x_t on the student's own trajectory (with gradient through the last steps), its t, the conditions."""
+        sigmas = ctx.student_sigmas.to(ctx.device)
+        n = sigmas.numel() - 1
+        cond = ctx.sample_conditions(batch)
+        noise = ctx.randn(batch)
+        last = n if self.renoise or float(sigmas[n]) > 0.0 else n - 1
+        if last < 1:
+            raise LinCompressError("ADM with renoise=False needs sampler_steps >= 2 (the last point is a clean sample)")
+        stop = int(torch.randint(1, last + 1, (1,), generator=ctx.generator))
+        free = max(0, stop - self.grad_steps)
+
+        def velocity(x: Tensor, sigma: Tensor) -> Tensor:
+            return ctx.velocity(ctx.student, x, sigma, cond)
+
+        with torch.no_grad():
+            x = euler_sample(velocity, noise, sigmas, stop=free)
+        x = euler_sample(velocity, x, sigmas[free:], stop=stop - free)
+        t = sigmas[stop].expand(batch)
+        if float(sigmas[stop]) <= 0.0:  # a clean sample has no score: re-noise it to a random t
+            t = sample_sigmas(batch, ctx.shift, ctx.generator).to(ctx.device)
+            s = expand_sigma(t, x)
+            x = (1 - s) * x + s * ctx.randn(batch)
+        return x, t, cond
+
+    def regression_weight(self, ctx: Context) -> float:
+        if self.regression is None:
+            return 1.0 if ctx.data is not None else 0.0
+        return float(self.regression)
+
+    def update(self, v_s: Tensor, v_t: Tensor, t: Tensor) -> Tensor:
+        """w_t * (s_S - s_T), computed in velocity form (finite at t -> 1)."""
+        if self.normalize:
+            dims = tuple(range(1, v_t.dim()))
+            scale = v_t.abs().mean(dim=dims, keepdim=True) + self._eps
+            # w_t = t / ((1 - t) * scale) turns s_S - s_T into -(v_S - v_T) / scale
+            return -(v_s - v_t) / scale
+        return -(v_s - v_t)  # w_t = t / (1 - t)
+
+    def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
+        x_t, t, cond = self.student_sample(ctx, batch)
+        with torch.no_grad():
+            v_s = ctx.velocity(ctx.student, x_t.detach(), t, cond)
+            v_t = ctx.velocity(ctx.teacher, x_t.detach(), t, cond)
+            g = self.update(v_s, v_t, t)
+        target = (x_t - g).detach()
+        dm = 0.5 * F.mse_loss(x_t, target, reduction="sum") / batch / x_t[0].numel()
+        logs = {"adm": dm.item(), "velocity_gap": F.mse_loss(v_s, v_t).item(), "t": float(t.float().mean())}
+        loss = dm
+        weight = self.regression_weight(ctx)
+        if weight > 0:
+            x, sigma, v_ref, c = _require_data(ctx, "adm regression").points(batch, ctx.generator)
+            x, sigma, v_ref = ctx.to_device(x, sigma, v_ref)
+            reg = F.mse_loss(ctx.velocity(ctx.student, x, sigma, {k: v.to(ctx.device) for k, v in c.items()}), v_ref)
+            loss = loss + weight * reg
+            logs["regression"] = reg.item()
+        return loss, logs
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (ADM, MSE, FlowMatching)}
+
+
+def make_objective(name: str | Objective, **options: Any) -> Objective:
+    if isinstance(name, Objective):
+        return name
+    try:
+        cls = OBJECTIVES[name]
+    except KeyError:
+        raise LinCompressError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
+    return cls(**options)

@@ -1,0 +1,170 @@
+"""Data-free teacher trajectories: the original model's own samples, cached on disk.
+
+Each shard holds ``shard_size`` samples: the noise, the conditions, every visited
+point ``x_t`` of the teacher's Euler sampler with its sigma and teacher velocity, and
+the final sample. Shards are safetensors; ``manifest.json`` lists the finished ones
+and the settings they were made with. Both are written atomically, so an
+interrupted run leaves only complete shards, and a re-run reuses them (shard i is
+always generated from seed + i, so the cache does not depend on where it stopped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from lincompress import atomic
+from lincompress.errors import LinCompressError
+from lincompress.fingerprint import model_fingerprint
+from lincompress.recovery.sampling import ConditionSource, ModelCaller, euler_sample, latent_shape, sigma_grid
+from lincompress.target import Target
+
+MANIFEST = "manifest.json"
+CACHE_VERSION = 1
+
+
+@dataclass
+class TeacherData:
+    """All cached trajectories in memory (CPU): latents ``[S, ...]``, points ``[S, T, ...]``."""
+
+    noise: Tensor  # [S, *latent]
+    sample: Tensor  # [S, *latent]: the teacher's final x_0
+    x: Tensor  # [S, T, *latent]: visited points
+    v: Tensor  # [S, T, *latent]: teacher velocity there
+    sigmas: Tensor  # [T]
+    cond: dict[str, Tensor]  # [S, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return self.noise.shape[0]
+
+    @property
+    def num_points(self) -> int:
+        return self.sigmas.numel()
+
+    def cond_at(self, index: Tensor) -> dict[str, Tensor]:
+        return {k: v[index] for k, v in self.cond.items()}
+
+    def points(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """A random batch of trajectory points: (x_t, sigma, v_teacher, cond)."""
+        s = torch.randint(self.num_samples, (batch,), generator=generator)
+        t = torch.randint(self.num_points, (batch,), generator=generator)
+        return self.x[s, t], self.sigmas[t], self.v[s, t], self.cond_at(s)
+
+    def eval_points(self, limit: int) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """A fixed set of points (every step of the first samples), for before/after comparisons."""
+        n = max(1, min(self.num_samples, -(-limit // self.num_points)))
+        s = torch.arange(n).repeat_interleave(self.num_points)
+        t = torch.arange(self.num_points).repeat(n)
+        return self.x[s, t], self.sigmas[t], self.v[s, t], self.cond_at(s)
+
+
+def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "teacher": model_fingerprint(teacher),
+        "latent_shape": list(latent_shape(target)),
+        "steps": steps,
+        "shard_size": shard_size,
+        "seed": seed,
+        "sigmas": [round(float(s), 6) for s in sigma_grid(target.scheduler, steps)],
+    }
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@torch.no_grad()
+def _make_shard(
+    teacher: nn.Module, caller: ModelCaller, conditions: ConditionSource, shape: tuple[int, ...], sigmas: Tensor,
+    count: int, seed: int, device: torch.device, autocast: bool,
+) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    cond = conditions(count, gen)
+    noise = torch.randn(count, *shape, generator=gen)
+    xs, vs = [], []
+
+    def velocity(x: Tensor, sigma: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            return caller(teacher, x, sigma, cond).float()
+
+    def record(i: int, x: Tensor, sigma: Tensor, v: Tensor) -> None:
+        xs.append(x.float().cpu())
+        vs.append(v.float().cpu())
+
+    sample = euler_sample(velocity, noise.to(device), sigmas.to(device), on_step=record)
+    shard = {"noise": noise, "sample": sample.float().cpu(), "x": torch.stack(xs, 1), "v": torch.stack(vs, 1),
+             "sigmas": sigmas[:-1].clone()}
+    shard.update({f"cond.{k}": v.detach().cpu() for k, v in cond.items()})
+    return shard
+
+
+def build_teacher_cache(
+    target: Target, teacher: nn.Module, cache_dir: str | Path, samples: int, steps: int = 8, shard_size: int = 4,
+    seed: int = 0, device: str | torch.device = "cpu", autocast: bool = False, progress: Any = None,
+) -> Path:
+    """Generate (or finish) ``samples`` teacher trajectories under ``cache_dir``; returns the manifest path.
+
+    A manifest made with other settings (teacher weights, steps, latent shape...) is
+    not reused: the cache starts over, so stale trajectories never train a model.
+    """
+    if samples < 1:
+        raise LinCompressError(f"--samples must be at least 1 to build teacher data, got {samples}")
+    cache_dir = Path(cache_dir)
+    device = torch.device(device)
+    settings = _settings(target, teacher, steps, shard_size, seed)
+    manifest_path = cache_dir / MANIFEST
+    manifest = _read_manifest(manifest_path)
+    shards: list[dict[str, Any]] = []
+    if manifest and manifest.get("settings") == settings:
+        shards = [s for s in manifest.get("shards", []) if (cache_dir / s["file"]).is_file()]
+    caller, conditions = ModelCaller(target, target.scheduler), ConditionSource(target)
+    shape, sigmas = tuple(settings["latent_shape"]), sigma_grid(target.scheduler, steps)
+    teacher.eval()
+    num_shards = -(-samples // shard_size)
+    done = {s["index"] for s in shards}
+    for index in range(num_shards):
+        count = min(shard_size, samples - index * shard_size)
+        if index in done and next(s for s in shards if s["index"] == index)["samples"] == count:
+            continue
+        shards = [s for s in shards if s["index"] != index]
+        tensors = _make_shard(teacher, caller, conditions, shape, sigmas, count, seed + index, device, autocast)
+        name = f"shard-{index:05d}.safetensors"
+        atomic.write_safetensors(cache_dir / name, tensors, {"format": "lincompress-teacher"})
+        shards.append({"index": index, "file": name, "samples": count})
+        shards.sort(key=lambda s: s["index"])
+        atomic.write_json(manifest_path, {"settings": settings, "shards": shards, "samples": samples})
+        if progress is not None:
+            progress(index + 1, num_shards)
+    atomic.write_json(manifest_path, {"settings": settings, "shards": shards, "samples": samples})
+    return manifest_path
+
+
+def load_teacher_cache(cache_dir: str | Path, samples: int | None = None) -> TeacherData:
+    """Load the shards listed in the manifest (the first ``samples`` samples, by default all)."""
+    cache_dir = Path(cache_dir)
+    manifest = _read_manifest(cache_dir / MANIFEST)
+    if not manifest or not manifest.get("shards"):
+        raise LinCompressError(f"{cache_dir} holds no teacher data; build it first (the Recover pass does)")
+    parts: list[dict[str, Tensor]] = []
+    for shard in manifest["shards"]:
+        try:
+            parts.append(load_file(str(cache_dir / shard["file"])))
+        except Exception as exc:  # corrupt or missing shard: say which, and how to recover
+            raise LinCompressError(f"teacher shard {cache_dir / shard['file']} is unreadable ({exc}); delete it and re-run") from None
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "sigmas"}
+    if samples is not None:
+        cat = {k: v[:samples] for k, v in cat.items()}
+    cond = {k.split(".", 1)[1]: v for k, v in cat.items() if k.startswith("cond.")}
+    return TeacherData(cat["noise"], cat["sample"], cat["x"], cat["v"], parts[0]["sigmas"], cond)

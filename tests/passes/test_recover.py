@@ -1,0 +1,98 @@
+"""SelectiveTransfer + Recover (+ GreedySelect, Report) as pipeline passes, and `lincompress optimize` with training."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recovery"))
+from tiny_targets import recovery_target  # noqa: E402
+
+import lincompress  # noqa: E402
+from lincompress import Pipeline, passes  # noqa: E402
+from lincompress.cli import main  # noqa: E402
+from lincompress.errors import LinCompressError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_selective_transfer_recover_fix_save_report(tmp_path):
+    target = recovery_target(depth=4)
+    out = tmp_path / "art"
+    state = Pipeline([
+        passes.FindAttention(), passes.Hybridize(), passes.SelectiveTransfer(target_linear=0.5),
+        passes.Recover("adm", steps=10, work_dir=tmp_path / "work", samples=2, teacher_steps=2, batch_size=2,
+                       progress=False),
+        passes.Fix(), passes.Save(out), passes.Report(),
+    ]).run(target)
+    assert len(state.selection) == 2 and state.settings["selection_method"] == "selective_transfer"
+    manifest = json.loads((out / "lincompress.json").read_text())
+    assert manifest["selection"] == state.selection and manifest["metrics"]["recovery"]["steps"] == 10
+    assert manifest["modified_parameters"] == sorted(state.modified_parameters) and state.modified_parameters
+    for name in ("report.md", "recovery_loss.png", "selection_scores.png", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    # the artifact rebuilds the trained model on the original weights
+    fresh = recovery_target(depth=4).model
+    lincompress.apply(fresh, out)
+    kwargs = target.inputs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**kwargs), state.model(**kwargs))
+
+
+def test_recover_trains_a_heuristic_selection_and_keeps_it(tmp_path):
+    target = recovery_target(depth=4)
+    state = Pipeline([
+        passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.5, "first"),
+        passes.Recover("mse", steps=3, work_dir=tmp_path, samples=2, teacher_steps=2, train="attention",
+                       progress=False),
+    ]).run(target)
+    assert state.selection == ["blocks.0.attn#0", "blocks.1.attn#0"]
+    assert state.modified_parameters and all(".attn." in n for n in state.modified_parameters)
+
+
+def test_greedy_select_pass_picks_k_sites():
+    state = Pipeline([passes.FindAttention(), passes.Hybridize(), passes.GreedySelect(0.75, points=2)]).run(
+        recovery_target(depth=4))
+    assert len(state.selection) == 3 and state.settings["selection_method"] == "greedy"
+    assert len(state.metrics["greedy_rounds"]) == 3
+
+
+def test_user_errors():
+    with pytest.raises(LinCompressError, match="give steps > 0"):
+        Pipeline([passes.FindAttention(), passes.Hybridize(), passes.SelectiveTransfer(0.5),
+                  passes.Recover(steps=0)]).run(recovery_target(depth=1))
+    with pytest.raises(LinCompressError, match="Recover needs a selection"):
+        Pipeline([passes.FindAttention(), passes.Hybridize(), passes.Recover(steps=1, progress=False)]).run(
+            recovery_target(depth=1))
+    with pytest.raises(LinCompressError, match="unknown option 'stesp'"):
+        passes.Recover(stesp=3)
+    with pytest.raises(LinCompressError, match="scheduler="):
+        Pipeline([passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.5),
+                  passes.Recover(steps=1, progress=False)]).run(recovery_target(depth=1, scheduler=False))
+
+
+def test_cli_optimize_with_recovery_and_resume(repo, tmp_path):
+    out = tmp_path / "lin70"
+    args = ["optimize", str(repo / "examples/tiny_wan/model.py"), "--target-linear", "0.7", "--out", str(out),
+            "--steps", "4", "--samples", "1", "--teacher-steps", "2", "--checkpoint-every", "2", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "lincompress.json").read_text())
+    assert manifest["num_linear"] == 4 and manifest["settings"]["selection_method"] == "selective_transfer"
+    assert (out / "report.md").is_file() and (out / ".lincompress-work" / "checkpoints" / "latest.json").is_file()
+    again = CliRunner().invoke(main, args)  # an artifact is there: refused before any training
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    resumed = CliRunner().invoke(main, [*args, "--resume"])  # finished run: resumes at the end, rewrites the artifact
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "lincompress.json").read_text())["metrics"]["recovery"]["resumed_from"] == 4

@@ -1,0 +1,35 @@
+"""Tiny recovery targets: the hand-written DiT of tests/zoo.py with a flow-matching scheduler and conditions."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from lincompress import Pipeline, Target, passes
+from zoo import HandWrittenDiT
+
+LATENT = (4, 4, 4)  # 4 tokens after 2x2 patches: every forward is well under a millisecond of math
+CONTEXT_LEN, CONTEXT_DIM = 3, 8
+
+
+def recovery_target(depth: int = 4, scheduler: bool = True, seed: int = 0) -> Target:
+    torch.manual_seed(seed)
+    model = HandWrittenDiT(channels=4, dim=16, heads=2, depth=depth, context_dim=CONTEXT_DIM).eval()
+
+    def conditions(batch: int, generator: torch.Generator) -> dict:
+        return {"encoder_hidden_states": torch.randn(batch, CONTEXT_LEN, CONTEXT_DIM, generator=generator)}
+
+    def example_inputs(batch: int) -> dict:
+        g = torch.Generator().manual_seed(1)
+        return {"hidden_states": torch.randn(batch, *LATENT, generator=g), "timestep": torch.full((batch,), 500.0),
+                **conditions(batch, g)}
+
+    return Target(model=model, example_inputs=example_inputs, conditions=conditions, latent_shape=LATENT,
+                  scheduler=FlowMatchEulerDiscreteScheduler(shift=2.0) if scheduler else None, name="tiny-hand")
+
+
+def hybrid_state(depth: int = 4, **kwargs):
+    """find -> hybridize on a fresh tiny target; returns the State."""
+    return Pipeline([passes.FindAttention(), passes.Hybridize(**kwargs)]).run(recovery_target(depth))
+
+
