@@ -23,7 +23,7 @@ def test_inspect_json(repo):
 
 
 def test_inspect_table(repo):
-    result = CliRunner().invoke(main, ["inspect", str(repo / "examples/tiny_wan/model.py")], terminal_width=200)
+    result = CliRunner().invoke(main, ["inspect", str(repo / "examples/tiny_wan/model.py")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "blocks.0.attn1#0" in result.output and "6 candidate sites" in result.output
 
