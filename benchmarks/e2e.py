@@ -40,8 +40,6 @@ the JSON is rewritten after every measurement, so a cut-off run keeps what it me
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.util
 import json
 import math
 import sys
@@ -58,25 +56,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-class _SourceLayout(importlib.abc.MetaPathFinder):
-    """Import this checkout's ``passes/`` and ``exporters/`` as ``lincompress.passes`` / ``.exporters``.
-
-    pyproject maps them so (``package-dir``); this makes ``python benchmarks/e2e.py``
-    work from a bare checkout too (no ``pip install``), e.g. on a fresh GPU machine.
-    """
-
-    FOLDERS = {"lincompress.passes": ROOT / "passes", "lincompress.exporters": ROOT / "exporters"}
-
-    def find_spec(self, fullname, path=None, target=None):
-        folder = self.FOLDERS.get(fullname)
-        if folder is None or not (folder / "__init__.py").is_file():
-            return None
-        return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-
-
-sys.meta_path.insert(0, _SourceLayout())
 
 from lincompress import Target  # noqa: E402
 from lincompress import benchmarking as bm  # noqa: E402

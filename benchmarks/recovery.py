@@ -20,8 +20,6 @@ Writes ``recovery.json`` (and prints every number).
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.util
 import json
 import sys
 import tempfile
@@ -33,21 +31,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-class _SourceLayout(importlib.abc.MetaPathFinder):
-    """Import ``passes/`` as ``lincompress.passes`` from a bare checkout (pyproject maps it when installed)."""
-
-    FOLDERS = {"lincompress.passes": REPO / "passes", "lincompress.exporters": REPO / "exporters"}
-
-    def find_spec(self, fullname, path=None, target=None):
-        folder = self.FOLDERS.get(fullname)
-        if folder is None or not (folder / "__init__.py").is_file():
-            return None
-        return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-
-
-sys.meta_path.insert(0, _SourceLayout())
 
 
 def _sync() -> None:

@@ -19,12 +19,7 @@ from lincompress.cli import main  # noqa: E402
 from lincompress.errors import LinCompressError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_selective_transfer_recover_fix_save_report(tmp_path):
