@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a bare checkout (the GPU machine) runs without installing
 MODEL = REPO / "examples" / "shapes" / "model.py"
 
 VARIANTS = {
@@ -61,7 +62,9 @@ def build_pipeline(variant: str, target_linear: float, args: argparse.Namespace,
     if objective is not None:
         steps.append(passes.Recover(objective=objective, steps=args.steps, work_dir=work_dir, progress=False,
                                     batch_size=args.batch_size, samples=args.teacher_samples, seed=args.seed,
-                                    device=args.device, compare_without_recovery=False))
+                                    device=args.device, compare_without_recovery=False,
+                                    objective_options=args.adm_options if objective == "adm" else {},
+                                    **args.recover_options))
     steps += [passes.Fix(), passes.Save(art_dir, overwrite=True)]
     return Pipeline(steps)
 
@@ -138,11 +141,18 @@ def main() -> None:
     p.add_argument("--eval-batch", type=int, default=16)
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--device", default=None)
+    p.add_argument("--adm-options", type=json.loads, default={},
+                   help='ADM settings for the ADM variants, as JSON, e.g. \'{"onpolicy": 1.0, "grad_steps": 4}\'')
+    p.add_argument("--recover-options", type=json.loads, default={},
+                   help="more Recover/RecoveryConfig options for every trained variant, as JSON (e.g. lr_feature_maps)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); for parallel runs")
     p.add_argument("--max-seconds", type=float, default=float("inf"), help="start no new run after this much wall time")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablation.json")
     args = p.parse_args()
 
     targets = [float(t) for t in args.targets.split(",")]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     runs: list[dict] = []
     teacher_world = None

@@ -94,6 +94,7 @@ def export_program(source: ExportSource, batch: int = EXPORT_BATCH, dynamic: boo
     )
     if dtype is not None or not on_device:
         model = model.to(device=device, dtype=dtype)
+    if dtype is not None or want is not None:  # inputs follow, also when the model was already there
         kwargs = {k: _cast(v, dtype, device) for k, v in kwargs.items()}
     latent_key = getattr(source.target, "latent_key", "hidden_states")
     spec = default_dynamic_shapes(kwargs, latent_key, batch) if dynamic else None

@@ -27,7 +27,11 @@ def _sibling(name: str):
         spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:  # a half-imported module must not be found by the next import
+            del sys.modules[key]
+            raise
     return sys.modules[key]
 
 

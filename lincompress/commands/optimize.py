@@ -37,6 +37,8 @@ SELECTIONS = ("learned", *HEURISTICS, "greedy")
                    "(default uniform with --steps 0).")
 @click.option("--steps", type=click.IntRange(min=0), default=2000, show_default=True, help="Recovery training steps (0: none).")
 @click.option("--objective", type=click.Choice(tuple(OBJECTIVES)), default="adm", show_default=True, help="Recovery objective.")
+@click.option("--adm-grad-steps", type=click.IntRange(min=1), default=None,
+              help="ADM: student sampler steps that carry gradient [default: all]; 1 saves activation memory at video scale.")
 @click.option("--samples", type=click.IntRange(min=0), default=8, show_default=True, help="Teacher trajectories to generate and cache.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--lr", type=float, default=1e-5, show_default=True, help="Learning rate of the base model's parameters.")
@@ -54,7 +56,7 @@ SELECTIONS = ("learned", *HEURISTICS, "greedy")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model_py: str, target_linear: float, out_dir: str, selection: str | None, steps: int, objective: str,
-            samples: int, batch_size: int, lr: float, lr_feature_maps: float, lr_score: float | None, train: str,
+            adm_grad_steps: int | None, samples: int, batch_size: int, lr: float, lr_feature_maps: float, lr_score: float | None, train: str,
             grad_accum: int, gradient_checkpointing: bool, checkpoint_every: int, teacher_steps: int,
             device: str | None, seed: int, resume: bool, feature_map: str, overwrite: bool, quiet: bool) -> None:
     """Compress MODEL_PY: make a fraction of its attention linear, recover quality, save the fixed model."""
@@ -84,6 +86,7 @@ def command(model_py: str, target_linear: float, out_dir: str, selection: str | 
             batch_size=batch_size, lr=lr, lr_feature_maps=lr_feature_maps, lr_score=lr_score, train=train,
             grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
             teacher_steps=teacher_steps, device=device, seed=seed,
+            objective_options={"grad_steps": adm_grad_steps} if objective == "adm" and adm_grad_steps else None,
         )]
     pipeline = Pipeline([
         passes.FindAttention(), passes.Hybridize(feature_map=feature_map), *select, *recover, passes.Fix(),

@@ -124,31 +124,47 @@ class ADM(Objective):
 
     sampler_steps: steps of the student's Euler sampler (its sigma grid comes from the
         target's scheduler); a stop index k in 1..n is drawn per step ("anytime").
-    grad_steps: how many of the last sampler steps carry gradient (1 = only the last).
+    grad_steps: how many of the last sampler steps carry gradient; None (default) = all of them.
+        Activation memory grows with it: 1 (only the last step) is the frugal choice at video scale.
     renoise: at k = n (a finished sample, sigma 0) re-noise to a random t, DMD-style.
     normalize: w_t makes the per-sample update scale-free (DMD divides by the mean
         absolute distance to the teacher's denoised estimate; x_t - x0_T = t v_T, so on
         the velocity scale the analogue is mean|v_T|). Off: w_t = t / (1 - t), i.e. the
         raw velocity difference.
     regression: weight of an extra velocity-MSE term on cached teacher points. None (default):
-        1.0 when teacher trajectories are cached, else off. Measured on the trained shapes
-        teacher (benchmarks/recovery.py), pure ADM raised the held-out velocity error while
-        ADM + this anchor lowered it, so the anchor is on by default; 0 gives pure ADM.
+        1.0 when teacher trajectories are cached, else off; 0 gives pure ADM.
+    onpolicy: weight of a velocity-matching term at the same student-trajectory points x_t
+        (gradient through v_S(x_t) directly, x_t held fixed). Data-free like the
+        distribution-matching term: it trains the student where its own sampler goes.
+    dm_weight: weight of the distribution-matching (reverse-KL) term itself; 0 leaves only
+        the other terms (a diagnostic for ablations).
+
+    Defaults (onpolicy 1, regression 1 with a cache, gradient through every sampler step)
+    are the best of the variants measured on the shipped shapes teacher
+    (benchmarks/results/ablation_adm_sweep.json, README "Quality"): pure ADM (regression 0,
+    onpolicy 0) raised the velocity error there, while these terms make ADM the best or
+    tied-best objective at every target.
     """
 
     name: ClassVar[str] = "adm"
     sampler_steps: int = 4
-    grad_steps: int = 1
+    grad_steps: int | None = None
     renoise: bool = True
     normalize: bool = True
     regression: float | None = None
+    onpolicy: float = 1.0
+    dm_weight: float = 1.0
     _eps: float = field(default=1e-6, repr=False)
 
     def __post_init__(self) -> None:
+        if self.grad_steps is None:
+            self.grad_steps = self.sampler_steps
         if self.sampler_steps < 1 or not 1 <= self.grad_steps <= self.sampler_steps:
             raise LinCompressError(
                 f"ADM needs sampler_steps >= 1 and 1 <= grad_steps <= sampler_steps, got {self.sampler_steps}, {self.grad_steps}"
             )
+        if self.onpolicy < 0 or self.dm_weight < 0 or (self.regression is not None and self.regression < 0):
+            raise LinCompressError("ADM term weights (regression, onpolicy, dm_weight) must be >= 0")
 
     def student_sample(self, ctx: Context, batch: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """x_t on the student's own trajectory (with gradient through the last steps), its t, the conditions."""
@@ -191,14 +207,22 @@ class ADM(Objective):
 
     def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
         x_t, t, cond = self.student_sample(ctx, batch)
+        x_in = x_t.detach()
         with torch.no_grad():
-            v_s = ctx.velocity(ctx.student, x_t.detach(), t, cond)
-            v_t = ctx.velocity(ctx.teacher, x_t.detach(), t, cond)
-            g = self.update(v_s, v_t, t)
+            v_t = ctx.velocity(ctx.teacher, x_in, t, cond)
+        if self.onpolicy > 0:  # one student forward serves both terms
+            v_s_grad = ctx.velocity(ctx.student, x_in, t, cond)
+            v_s = v_s_grad.detach()
+        else:
+            with torch.no_grad():
+                v_s = ctx.velocity(ctx.student, x_in, t, cond)
+        g = self.update(v_s, v_t, t)
         target = (x_t - g).detach()
         dm = 0.5 * F.mse_loss(x_t, target, reduction="sum") / batch / x_t[0].numel()
         logs = {"adm": dm.item(), "velocity_gap": F.mse_loss(v_s, v_t).item(), "t": float(t.float().mean())}
-        loss = dm
+        loss = self.dm_weight * dm
+        if self.onpolicy > 0:
+            loss = loss + self.onpolicy * F.mse_loss(v_s_grad, v_t)
         weight = self.regression_weight(ctx)
         if weight > 0:
             x, sigma, v_ref, c = _require_data(ctx, "adm regression").points(batch, ctx.generator)

@@ -37,6 +37,26 @@ def test_optimize_writes_an_artifact(repo, tmp_path):
     assert manifest["num_linear"] == 4 and manifest["num_candidates"] == 6
 
 
+def test_optimize_passes_adm_grad_steps_to_the_objective(repo, tmp_path, monkeypatch):
+    from lincompress.recovery import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.objective)
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", spy)
+    out = tmp_path / "adm"
+    result = CliRunner().invoke(main, ["optimize", str(repo / "examples/tiny_wan/model.py"), "--target-linear", "0.5",
+                                       "--out", str(out), "--steps", "1", "--samples", "1", "--teacher-steps", "2",
+                                       "--adm-grad-steps", "1", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [o.name for o in seen] == ["adm"] and seen[0].grad_steps == 1
+    assert seen[0].onpolicy > 0  # the measured default keeps the on-policy term
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -7,11 +7,13 @@ score and the optimal velocity v = E[eps - x_0 | x_t] are known exactly. A "stud
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
 from lincompress import Target
+from lincompress.errors import LinCompressError
 from lincompress.recovery.objectives import ADM, Context, score_difference
 from lincompress.recovery.sampling import ConditionSource, ModelCaller, sigma_grid
 
@@ -62,7 +64,7 @@ def test_adm_moves_the_students_marginal_to_the_teachers():
                   conditions=ConditionSource(target), latent_shape=(DIM,), shift=1.0,
                   student_sigmas=sigma_grid(target.scheduler, 8), generator=torch.Generator().manual_seed(0),
                   device=torch.device("cpu"))
-    objective = ADM(sampler_steps=8, grad_steps=1)
+    objective = ADM(sampler_steps=8, grad_steps=1, onpolicy=0.0)  # the distribution-matching term alone
     opt = torch.optim.Adam(student.parameters(), lr=0.02)
     mu_gap0 = (student.mu - teacher.mu).abs().mean().item()
     s_gap0 = (student.log_s - teacher.log_s).abs().item()
@@ -82,3 +84,39 @@ def test_adm_moves_the_students_marginal_to_the_teachers():
             sig = ctx.student_sigmas
             x = x + (sig[i + 1] - sig[i]) * student(x, sig[i].expand(4000) * 1000)
     assert (x.mean(0) - 1.5).abs().max() < 0.2 and abs(x.std() - 0.5) < 0.15
+
+
+def _context(student: nn.Module, teacher: nn.Module, steps: int = 8) -> Context:
+    target = _target(teacher)
+    return Context(student=student, teacher=teacher, caller=ModelCaller(target, target.scheduler),
+                   conditions=ConditionSource(target), latent_shape=(DIM,), shift=1.0,
+                   student_sigmas=sigma_grid(target.scheduler, steps), generator=torch.Generator().manual_seed(0),
+                   device=torch.device("cpu"))
+
+
+def test_onpolicy_term_matches_velocities_on_the_students_own_trajectory():
+    """With the distribution-matching term off, the on-policy term alone is velocity regression at student x_t."""
+    torch.manual_seed(0)
+    student, teacher = GaussianFlow(0.0, 1.0), GaussianFlow(1.5, 0.5)
+    ctx = _context(student, teacher)
+    objective = ADM(sampler_steps=8, onpolicy=1.0, dm_weight=0.0)
+    loss, logs = objective.loss(ctx, 256)
+    assert torch.isclose(loss.detach(), torch.tensor(logs["velocity_gap"]), rtol=1e-5)  # it is the velocity MSE
+    loss.backward()
+    assert student.mu.grad.abs().sum() > 0 and student.log_s.grad.abs() > 0
+    opt = torch.optim.Adam(student.parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        objective.loss(ctx, 64)[0].backward()
+        opt.step()
+    assert (student.mu - teacher.mu).abs().max() < 0.1 and (student.log_s - teacher.log_s).abs() < 0.1
+
+
+def test_adm_defaults_and_bad_weights():
+    objective = ADM(sampler_steps=6)
+    assert objective.grad_steps == 6 and objective.onpolicy == 1.0  # gradient through every sampler step
+    assert ADM(sampler_steps=6, grad_steps=2).grad_steps == 2
+    with pytest.raises(LinCompressError, match="must be >= 0"):
+        ADM(onpolicy=-1.0)
+    with pytest.raises(LinCompressError, match="grad_steps"):
+        ADM(sampler_steps=2, grad_steps=3)
