@@ -32,7 +32,11 @@ Usage (GPU)::
 from __future__ import annotations
 
 import argparse
+import ast
+import faulthandler
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import e2e  # noqa: E402  (Wan configs and builders shared with the end-to-end benchmark)
 
-from lincompress import Target  # noqa: E402
+from lincompress import Target, atomic  # noqa: E402
 from lincompress import benchmarking as bm  # noqa: E402
 from lincompress.selection import heuristic_selection  # noqa: E402
 
@@ -56,11 +60,7 @@ MODES = ("eager", "aoti", "compile", "tensorrt")
 
 def _save(path: str | None, results: dict[str, Any]) -> None:
     if path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-        tmp.replace(p)
+        atomic.write_json(path, results)
 
 
 def _errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -74,11 +74,41 @@ def _time(fn, device, reps: int) -> dict[str, Any]:
     return {"forward_ms": timing.median_ms, "min_ms": timing.min_ms, "max_ms": timing.max_ms, "reps": timing.reps}
 
 
-def aoti_inductor_configs() -> dict[str, Any]:
-    """Faster package builds where this torch knows the knob (the wrapper's C++ at -O1 is plenty)."""
+def aoti_inductor_configs(extra: list[str] | None = None) -> dict[str, Any]:
+    """Faster package builds where this torch knows the knob (the wrapper's C++ at -O1 is plenty), plus
+    ``--aoti-config aot_inductor.KEY=VALUE`` overrides (values parsed as Python literals where they are)."""
     known = getattr(torch._inductor.config, "_config", {})
-    wanted = {"aot_inductor.compile_wrapper_opt_level": "O1"}
-    return {k: v for k, v in wanted.items() if k in known}
+    configs: dict[str, Any] = {k: v for k, v in {"aot_inductor.compile_wrapper_opt_level": "O1"}.items() if k in known}
+    for item in extra or []:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise SystemExit(f"--aoti-config wants KEY=VALUE, got {item!r}")
+        if key not in known:
+            raise SystemExit(f"--aoti-config: this torch ({torch.__version__}) has no inductor config {key!r}")
+        try:
+            configs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            configs[key] = value
+    return configs
+
+
+def kept_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """With ``--merge``: the rows of an earlier run's JSON for modes this run does not measure."""
+    if not (args.merge and args.json and Path(args.json).is_file()):
+        return []
+    earlier = json.loads(Path(args.json).read_text()).get("rows", [])
+    return [r for r in earlier if r.get("mode") not in args.modes]
+
+
+def fill_speedups(rows: list[dict[str, Any]]) -> None:
+    """Speed-ups against the target-0 (softmax) row of the same mode and of eager, wherever both were measured."""
+    base = {r["mode"]: r["forward_ms"] for r in rows if r["target_linear"] == 0 and "forward_ms" in r}
+    for r in rows:
+        for key, mode in (("speedup_vs_same_mode_softmax", r["mode"]), ("speedup_vs_eager_softmax", "eager")):
+            if "forward_ms" in r and mode in base:
+                r[key] = base[mode] / r["forward_ms"]
+            else:
+                r.pop(key, None)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,6 +118,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     configs = e2e.TINY_CONFIGS if args.tiny else e2e.CONFIGS
     config = configs[args.config]
+    if args.layers:  # same block shapes and token count, fewer blocks (quick checks of a mode)
+        config = e2e.Config(f"{config.name}-{args.layers}layers", dict(config.model, num_layers=args.layers),
+                            config.latent, config.text_tokens, f"{config.note}, first {args.layers} layers")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     for name in ("recompile_limit", "cache_size_limit"):
@@ -103,11 +136,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tokens": config.tokens, "text_tokens": config.text_tokens, "dtype": str(dtype).removeprefix("torch."),
         "batch_size": 1, "feature_map": args.feature_map, "selection": "uniform",
         "settings": {"compile": "torch.compile per transformer block (regional), default mode",
-                     "aoti": f"torch.export (static shapes) -> aoti_compile_and_package, inductor_configs={aoti_inductor_configs()}",
+                     "aoti": f"torch.export (static shapes) -> aoti_compile_and_package, inductor_configs={aoti_inductor_configs(args.aoti_config)}",
                      "timing": "CUDA events, median of reps after 1 warm-up call; compile/first call excluded",
                      "deadline_s": args.deadline_s},
         "tensorrt": {"available": trt_ok, "reason": trt_reason},
-        "rows": [],
+        "rows": kept_rows(args),
     }
     print(f"device: {results['environment']['device']}; torch {torch.__version__}; {config.name}: "
           f"{config.tokens:,} video tokens; tensorrt: {trt_reason}", flush=True)
@@ -120,21 +153,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     selections = {t: heuristic_selection(candidates, t, "uniform") if t > 0 else [] for t in args.targets}
     refs: dict[float, torch.Tensor] = {}
-    base: dict[str, float] = {}
 
     def record(mode: str, t: float, row: dict[str, Any]) -> None:
         row.update(mode=mode, target_linear=t, num_linear=len(selections[t]))
-        if t == 0 and "forward_ms" in row:
-            base[mode] = row["forward_ms"]
-        if mode in base and "forward_ms" in row:
-            row["speedup_vs_same_mode_softmax"] = base[mode] / row["forward_ms"]
-        if "eager" in base and "forward_ms" in row:
-            row["speedup_vs_eager_softmax"] = base["eager"] / row["forward_ms"]
-        results["rows"].append(row)
+        results["rows"] = [r for r in results["rows"] if (r["mode"], r["target_linear"]) != (mode, t)] + [row]
+        fill_speedups(results["rows"])
         _save(args.json, results)
         extra = f", compile {row['compile_s']:.1f} s" if "compile_s" in row else ""
         err = f", rel err {row['rel_l2_err']:.2e}" if "rel_l2_err" in row else ""
-        shown = f"{row['forward_ms']:,.1f} ms" if "forward_ms" in row else row.get("skipped", "")
+        shown = f"{row['forward_ms']:,.1f} ms" if "forward_ms" in row else row.get("skipped") or row.get("error", "")
         print(f"  {mode:8s} target {t:<4g}: {shown}{extra}{err}", flush=True)
 
     # eager for every target first (cheap, and the reference of every other mode), then the
@@ -194,7 +221,7 @@ class _CountTritonCalls:
 
 def measure(mode, model, kwargs, target, device, args, refs, t) -> dict[str, Any]:
     from lincompress.exporters._common import ExportSource
-    from lincompress.exporters.aoti import compile_aoti, load_aoti
+    from lincompress.exporters.aoti import compile_aoti
 
     row: dict[str, Any] = {}
     if mode == "eager":
@@ -215,22 +242,59 @@ def measure(mode, model, kwargs, target, device, args, refs, t) -> dict[str, Any
     elif mode == "aoti":
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             path = Path(tmp) / "model.pt2"
+            print(f"  aoti     target {t:<4g}: building the package ...", flush=True)
             t0 = time.perf_counter()
             compile_aoti(ExportSource(model, target), path, batch=1, dynamic=False, device=device,
-                         inductor_configs=aoti_inductor_configs())
+                         inductor_configs=aoti_inductor_configs(args.aoti_config))
             row["compile_s"] = round(time.perf_counter() - t0, 1)
             row["package_bytes"] = path.stat().st_size
-            runner = load_aoti(path)
-            with _CountTritonCalls() as counter:
-                out = bm.model_output(runner(**kwargs))
-            row["triton_linear_attention_calls"] = counter.calls
-            row.update(_time(lambda: runner(**kwargs), device, args.reps))
-            del runner
+            result = run_package_isolated(path, kwargs, args.reps, Path(tmp))
+            out = result.pop("output", None)
+            row.update(result)
+            if out is None:
+                return row
     else:
         raise ValueError(f"unknown mode {mode}")
     if t in refs:
         row.update(_errors(out, refs[t]))
     return row
+
+
+def run_package_isolated(path: Path, kwargs: dict[str, Any], reps: int, workdir: Path) -> dict[str, Any]:
+    """Load, run and time a ``.pt2`` in a fresh process: a loader crash becomes this row's error, not the run's end.
+
+    Returns the timing fields and ``output`` (the package's output tensor), or ``error``
+    (+ the child's last stderr lines) when the child failed.
+    """
+    inputs, output = workdir / "inputs.pt", workdir / "output.pt"
+    torch.save(kwargs, inputs)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-package", str(path), "--inputs", str(inputs),
+           "--output", str(output), "--reps", str(reps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln][-6:]
+        return {"error": f"the package failed to load/run in a fresh process ({how})", "stderr_tail": tail}
+    result = json.loads(lines[-1])
+    result["output"] = torch.load(output, weights_only=True).to(next(iter(kwargs.values())).device)
+    return result
+
+
+def run_package(args: argparse.Namespace) -> None:
+    """Child of ``run_package_isolated``: one JSON line with the timing, the output tensor saved to ``--output``."""
+    from lincompress.exporters.aoti import load_aoti
+
+    kwargs = torch.load(args.inputs, weights_only=True)
+    device = next(v.device for v in kwargs.values() if isinstance(v, torch.Tensor))
+    runner = load_aoti(args.run_package)
+    with torch.no_grad(), _CountTritonCalls() as counter:
+        out = bm.model_output(runner(**kwargs))
+    row: dict[str, Any] = {"triton_linear_attention_calls": counter.calls}
+    with torch.no_grad():
+        row.update(_time(lambda: runner(**kwargs), device, args.reps))
+    torch.save(out.detach().cpu(), args.output)
+    print(json.dumps(row), flush=True)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -252,6 +316,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    faulthandler.enable()  # a crash inside a compiler or kernel still prints where it happened
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="wan-1.3b")
     p.add_argument("--targets", default="0,0.7,1.0,0.5", help="fractions linear, in run order (eager runs all first)")
@@ -264,9 +329,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compile-estimate-s", type=float, default=40.0, help="first guess of one torch.compile warm-up")
     p.add_argument("--json", default=str(HERE / "results" / "deploy.json"))
     p.add_argument("--workdir", default=None, help="where AOTInductor packages are written (temporary)")
+    p.add_argument("--aoti-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra inductor config for the AOTInductor build, e.g. aot_inductor.package_constants_in_so=False")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of modes not measured now from the existing --json (split a long run over several calls)")
+    p.add_argument("--layers", type=int, default=None, help="keep only this many transformer blocks (same shapes)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--run-package", default=None, help=argparse.SUPPRESS)  # child mode of run_package_isolated
+    p.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--output", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help="toy sizes, to check the script on a CPU")
     a = p.parse_args(argv)
+    if a.run_package:
+        run_package(a)
+        return {}
     order = [float(x) for x in a.targets.split(",") if x.strip()]
     a.targets = sorted(bm.parse_targets(a.targets), key=order.index)
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]

@@ -40,7 +40,7 @@ the JSON is rewritten after every measurement, so a cut-off run keeps what it me
 from __future__ import annotations
 
 import argparse
-import json
+import faulthandler
 import math
 import sys
 import time
@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from lincompress import Target  # noqa: E402
+from lincompress import Target, atomic  # noqa: E402
 from lincompress import benchmarking as bm  # noqa: E402
 from lincompress.passes import FindAttention  # noqa: E402
 from lincompress.pipeline import State  # noqa: E402
@@ -192,11 +192,7 @@ class Run:
 
     def save(self) -> None:
         if self.args.json:
-            path = Path(self.args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(json.dumps(self.results, indent=2))
-            tmp.replace(path)
+            atomic.write_json(self.args.json, self.results)
 
 
 def reps_for(estimate_ms: float, budget_s: float, min_reps: int, max_reps: int) -> int:
@@ -413,6 +409,7 @@ def parse_configs(text: str, default_modes: list[str], tiny: bool) -> list[tuple
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    faulthandler.enable()  # a crash inside a compiler or kernel still prints where it happened
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="wan-1.3b:eager+compile,wan-14b-720p:compile,wan-1.3b-2x:compile,wan-1.3b-4x:compile",
                    help="comma-separated name[:mode+mode]; modes eager, compile")
