@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 row = measure(mode, model, kwargs, target, device, args, refs, t)
             except Exception as exc:  # report and go on: one broken mode must not lose the others
-                row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+                row = {"error": bm.exception_line(exc)}
                 print(f"  {mode} target {t}: {row['error']}", flush=True)
             finally:
                 if mode == "compile":
@@ -260,6 +260,10 @@ def measure(mode, model, kwargs, target, device, args, refs, t) -> dict[str, Any
     return row
 
 
+def _input_device(kwargs: dict[str, Any]) -> torch.device:
+    return next(v.device for v in kwargs.values() if isinstance(v, torch.Tensor))
+
+
 def run_package_isolated(path: Path, kwargs: dict[str, Any], reps: int, workdir: Path) -> dict[str, Any]:
     """Load, run and time a ``.pt2`` in a fresh process: a loader crash becomes this row's error, not the run's end.
 
@@ -277,7 +281,7 @@ def run_package_isolated(path: Path, kwargs: dict[str, Any], reps: int, workdir:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln][-6:]
         return {"error": f"the package failed to load/run in a fresh process ({how})", "stderr_tail": tail}
     result = json.loads(lines[-1])
-    result["output"] = torch.load(output, weights_only=True).to(next(iter(kwargs.values())).device)
+    result["output"] = torch.load(output, weights_only=True).to(_input_device(kwargs))
     return result
 
 
@@ -286,7 +290,7 @@ def run_package(args: argparse.Namespace) -> None:
     from lincompress.exporters.aoti import load_aoti
 
     kwargs = torch.load(args.inputs, weights_only=True)
-    device = next(v.device for v in kwargs.values() if isinstance(v, torch.Tensor))
+    device = _input_device(kwargs)
     runner = load_aoti(args.run_package)
     with torch.no_grad(), _CountTritonCalls() as counter:
         out = bm.model_output(runner(**kwargs))

@@ -331,7 +331,7 @@ def run_config(run: Run, config: Config, modes: list[str], device: torch.device,
                             row = measure(run, model, kwargs, device, label, estimate, extra_s)
                 except Exception as exc:  # noqa: BLE001 - record the failure, measure the rest
                     traceback.print_exc()
-                    print(f"  {label}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
+                    print(f"  {label}: FAILED {bm.exception_line(exc, 200)}", flush=True)
                     result["rows"].append({"mode": mode, "variant": name, "target_linear": t, "feature_map": fm,
                                            "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
                     run.save()
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_config(run, config, modes, device, dtype)
         except Exception as exc:  # noqa: BLE001 - keep what was measured, go on with the next configuration
             traceback.print_exc()
-            print(f"== {config.name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
+            print(f"== {config.name}: FAILED {bm.exception_line(exc, 200)}", flush=True)
             run.results["configs"][-1].setdefault("error", f"{type(exc).__name__}: {str(exc)[:500]}")
             torch._dynamo.reset()
             bm.release_memory(device)

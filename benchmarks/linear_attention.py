@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lincompress.kernels  # noqa: E402,F401  (registers the CUDA kernels)
+from lincompress import benchmarking as bm  # noqa: E402
 from lincompress.kernels import linear_attention_triton as lat  # noqa: E402
 from lincompress.ops.linear_attention import (  # noqa: E402
     linear_attention_backward_reference,
@@ -204,7 +205,7 @@ def time_method(fn, inputs, rep_ms: int, transpose: bool = False, repeats: int =
         row["fwd_bwd_eager_ms"] = bench(both, rep_ms, repeats)
         row["fwd_bwd_ms"] = graph_bench(both, rep_ms, repeats) or row["fwd_bwd_eager_ms"]
     except Exception as exc:  # a backend that cannot run this shape is reported, not fatal
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+        return {"error": bm.exception_line(exc, 120)}
     return row
 
 

@@ -89,11 +89,11 @@ def fixed_wan(config: e2e.Config, t: float, device: torch.device, dtype: torch.d
     return model, sites, heuristic_selection(candidates, t, "uniform") if t > 0 else []
 
 
-def session_for(ort, ep_devices, path: Path, options: dict[str, str] | None = None):
+def session_for(ort, ep_devices, path: Path):
     """A session on the EP alone: a node TensorRT-RTX cannot take fails the build instead of falling back to the CPU."""
     so = ort.SessionOptions()
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    so.add_provider_for_devices(ep_devices, options or {})
+    so.add_provider_for_devices(ep_devices, {})
     return ort.InferenceSession(str(path), sess_options=so)
 
 
@@ -138,7 +138,7 @@ def _correctness(ort, ep_devices, workdir: Path, model, k: int, config: e2e.Conf
                 out = session.run(None, feeds_for(session, kwargs))[0]
                 row[f"tokens_{c.tokens}"] = {**errors(out, ref), "first_run_s": round(time.perf_counter() - t0, 2)}
         except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}"
+            row["error"] = bm.exception_line(exc, 400)
         print(f"  tiny-wan {'decomposed' if decompose else 'function-node'}: {json.dumps(row)}", flush=True)
         rows.append(row)
     return rows
@@ -164,7 +164,7 @@ def latency(ort, ep_devices, workdir: Path, args) -> list[dict[str, Any]]:
                 row.update(_latency_one(ort, ep_devices, workdir, model, config, t, args))
             del model
         except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}"
+            row["error"] = bm.exception_line(exc, 400)
         bm.release_memory(device)
         print(f"  {config.name} target {t:g}: {json.dumps(row)}", flush=True)
         rows.append(row)
@@ -207,15 +207,10 @@ def _latency_one(ort, ep_devices, workdir: Path, model, config: e2e.Config, t: f
 # --------------------------------------------------------------------------- main
 
 
-def save(path: str | None, results: dict[str, Any]) -> None:
-    if path:
-        atomic.write_json(path, results)
-
-
 def _stop(args, results: dict[str, Any], reason: str) -> dict[str, Any]:
     results["skipped"] = reason
     print(f"skipped: {reason}")
-    save(args.json, results)
+    atomic.write_json(args.json, results)
     return results
 
 
@@ -252,10 +247,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return _stop(args, results, f"onnxruntime discovered no GPU for {name}")
     with tempfile.TemporaryDirectory() as tmp:
         results["correctness"] = correctness(ort, ep_devices, Path(tmp))
-        save(args.json, results)
-        if args.latency and torch.cuda.is_available():
+        atomic.write_json(args.json, results)
+        if args.latency:
             results["latency"] = latency(ort, ep_devices, Path(tmp), args)
-    save(args.json, results)
+    atomic.write_json(args.json, results)
     print(json.dumps({k: results.get(k) for k in ("correctness", "latency")}, indent=1, default=str))
     return results
 

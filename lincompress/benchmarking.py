@@ -200,6 +200,12 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (cut at ``limit``): how a benchmark row records a failure it survived."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 # --------------------------------------------------------------------------- model calls
 
 

@@ -200,3 +200,9 @@ def test_e2e_script_runs_at_toy_sizes(repo, tmp_path):
                                                                 ("linear 1 (relu)", 4)]
     assert all(_positive(r["forward_ms"]) and r["output_finite"] for r in rows)
     assert "| tiny (48) | eager |" in results["table_md"] and saved["environment"]["device_type"] == "cpu"
+
+
+def test_exception_line_keeps_type_and_first_line_only():
+    assert bm.exception_line(ValueError("first\nsecond")) == "ValueError: first"
+    assert bm.exception_line(RuntimeError()) == "RuntimeError: "
+    assert bm.exception_line(OSError("x" * 50), limit=10) == "OSError: " + "x" * 10
