@@ -33,6 +33,7 @@ _LAZY = {
     "load": ("lincompress.artifacts", "load"),
     "compress": ("lincompress.api", "compress"),
     "recover": ("lincompress.api", "recover"),
+    "bench": ("lincompress.benchmarking", "bench"),
     "passes": ("lincompress.passes", None),
     "exporters": ("lincompress.exporters", None),
     "registry": ("lincompress.registry", None),
