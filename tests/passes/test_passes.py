@@ -56,3 +56,33 @@ def test_select_marks_the_choice_on_the_hybrid():
     state = Pipeline([passes.SelectiveTransfer(0.5)]).run(state)  # learning the selection starts from a hybrid again
     assert [s.mode for _, s in iter_sites(state.model)] == ["hybrid"] * 4 and state.selection is None
     assert state.selective.target_linear == 0.5
+
+
+def test_find_attention_forwards_include_only_when_given(monkeypatch):
+    import lincompress.discovery as discovery
+
+    seen = []
+    original = discovery.find_attention_sites
+
+    def spy(target, traced=None, **kwargs):
+        seen.append(kwargs)
+        return original(target, traced)
+
+    monkeypatch.setattr(discovery, "find_attention_sites", spy)
+    Pipeline([passes.FindAttention()]).run(recovery_target(depth=1))
+    Pipeline([passes.FindAttention(include=["blocks.0.cross#0"])]).run(recovery_target(depth=1))
+    assert seen == [{}, {"include": ["blocks.0.cross#0"]}]
+
+
+def test_discovery_leaves_module_attributes_as_they_were():
+    from zoo import ZOO
+
+    target = ZOO["wan"].build()
+    marker = []
+    target.model.marker = marker  # e.g. ModelOpt keeps its state list on the root module
+    before = {name: dict(m.__dict__) for name, m in target.model.named_modules()}
+    state = Pipeline([passes.FindAttention()]).run(target)
+    assert state.trace_method == "export"  # torch.export (non-strict) swaps list/tuple attributes for copies
+    for name, m in target.model.named_modules():
+        assert all(m.__dict__[k] is v for k, v in before[name].items())
+    assert target.model.marker is marker
