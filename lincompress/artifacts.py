@@ -224,6 +224,10 @@ def read_artifact(out_dir: str | Path) -> Artifact:
     for key in _REQUIRED[version]:
         if key not in manifest:
             raise ArtifactError(f"{manifest_path} lacks {key!r}; the artifact is incomplete, re-run `lincompress optimize`")
+    recipe = manifest.get("recipe", [])
+    if not isinstance(recipe, list) or not all(isinstance(s, dict) and isinstance(s.get("pass"), str) for s in recipe):
+        raise ArtifactError(f"{manifest_path} has a malformed recipe (a list of {{'pass', 'config', 'metadata'}} "
+                            "steps is expected); re-run `lincompress optimize`")
     weights_path = out_dir / manifest["weights"]["file"]
     if not weights_path.is_file():
         raise ArtifactError(f"{weights_path} is missing; the artifact is incomplete, re-run `lincompress optimize`")

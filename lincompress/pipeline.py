@@ -134,10 +134,6 @@ class State:
                 made.add(fact)
         return made
 
-    def require_sites(self, who: str) -> None:
-        if not self.sites:
-            raise PipelineError(f"{who} needs discovered attention sites; run passes.FindAttention() before it")
-
 
 @runtime_checkable
 class Pass(Protocol):

@@ -117,6 +117,10 @@ def test_corrupt_manifest(saved, tmp_path):
     (dst / MANIFEST).write_text("{ not json")
     with pytest.raises(ArtifactError, match="is corrupt"):
         read_artifact(dst)
+    dst = _copy_artifact(saved[2], tmp_path, "bad-recipe")
+    _rewrite_manifest(dst, lambda m: m["recipe"].append({"config": {}}))
+    with pytest.raises(ArtifactError, match="has a malformed recipe"):
+        read_artifact(dst)
 
 
 def test_tampered_weights(saved, tmp_path):
