@@ -75,7 +75,7 @@ def main() -> None:
     rows = []
     for feature_map in FEATURE_MAPS:
         start = time.perf_counter()
-        state = passes.Hybridize(feature_map=feature_map).run(dataclasses.replace(base, settings={}))
+        state = passes.Hybridize(feature_map=feature_map).run(dataclasses.replace(base, recipe=[]))
         train = capture(state.model, [make_inputs(s) for s in range(args.batches)])
         test = capture(state.model, [make_inputs(1000 + s) for s in range(args.batches)])
         before, after = [], []

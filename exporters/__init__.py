@@ -5,11 +5,29 @@ Each exporter is a Pipeline step (``name`` + ``run(state) -> state``) placed aft
 
     Pipeline([..., passes.Fix(), exporters.ONNX("out/model.onnx")]).run(target)
 
-Heavy dependencies (onnx, tensorrt, inductor) are imported when an exporter runs.
+Exporters load lazily (PEP 562) and never import the training stack
+(``lincompress.recovery``), rich or matplotlib; heavy dependencies (onnx, tensorrt,
+inductor) are imported when an exporter runs.
 """
 
-from lincompress.exporters.aoti import AOTInductor
-from lincompress.exporters.onnx import ONNX
-from lincompress.exporters.tensorrt import TensorRT
+from __future__ import annotations
 
-__all__ = ["AOTInductor", "ONNX", "TensorRT"]
+import importlib
+from typing import Any
+
+_WHERE = {"AOTInductor": "lincompress.exporters.aoti", "ONNX": "lincompress.exporters.onnx",
+          "TensorRT": "lincompress.exporters.tensorrt"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lincompress.exporters' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

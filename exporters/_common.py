@@ -35,20 +35,17 @@ class ExportSource:
 
     @classmethod
     def from_state(cls, state: Any) -> "ExportSource":
-        if not state.settings.get("fixed"):
+        if not state.fixed:
             raise LinCompressError("exporters need a fixed model; put passes.Fix() before the exporter in the pipeline")
         return cls(state.model, state.target)
 
     @classmethod
     def from_artifact(cls, artifact_dir: str | Path) -> "ExportSource":
-        from lincompress.artifacts import load, read_artifact
-        from lincompress.target import load_target
+        """The artifact's model, built from its recorded model.py: read, hashed and built once."""
+        from lincompress.artifacts import open_artifact
 
-        artifact_dir = Path(artifact_dir)
-        manifest = read_artifact(artifact_dir).manifest
-        model = load(artifact_dir)  # validates format, checksum and base-model identity
-        target = load_target(manifest["base_model"]["source"])
-        return cls(model.eval(), target, artifact_dir)
+        _, target = open_artifact(artifact_dir)  # validates format, checksum and base-model identity
+        return cls(target.model.eval(), target, Path(artifact_dir))
 
 
 def tensor_inputs(kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -69,7 +69,7 @@ def compile_aoti(source: ExportSource, path: str | Path, batch: int = 2, dynamic
 
 def load_aoti(path: str | Path, device_index: int = -1):
     """Load a ``.pt2`` written by ``compile_aoti``; call the result like the model: ``runner(**kwargs)``."""
-    import lincompress  # noqa: F401  (registers lincompress::linear_attention and its CUDA kernels)
+    import lincompress.kernels  # noqa: F401  (registers lincompress::linear_attention and its CUDA kernels)
 
     path = Path(path)
     if not path.is_file():

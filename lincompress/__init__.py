@@ -1,13 +1,20 @@
 """lincompress: LinVideo-style softmax -> linear attention compression for diffusion transformers.
 
-    from lincompress import Pipeline, passes
-    result = Pipeline([passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.7),
-                       passes.Fix(), passes.Save("out")]).run(target)
+    import lincompress
+    state = lincompress.compress("model.py", target_linear=0.7, steps=2000, out_dir="out/lin70")
+    pipe.transformer = lincompress.apply(pipe.transformer, "out/lin70")
+
+``import lincompress`` loads only the core (the target contract, the pipeline, the op and
+its kernels); everything else -- passes, exporters, artifacts, the training stack -- is
+imported on first use (PEP 562), so a deployment that loads an artifact or an exported
+model never imports training code.
 """
 
 __version__ = "0.1.0"
 
+import importlib as _importlib
 from pathlib import Path as _Path
+from typing import Any as _Any
 
 # `lincompress.passes` / `lincompress.exporters` live in the top-level folders passes/ and
 # exporters/ (the product layout). Installed, pyproject's package-dir maps them; run from a
@@ -16,11 +23,34 @@ _checkout = _Path(__file__).resolve().parent.parent
 if (_checkout / "passes" / "__init__.py").is_file():
     __path__.append(str(_checkout))  # type: ignore[name-defined]
 
-from lincompress import kernels  # noqa: F401  (registers the CUDA kernels of the ops, when available)
-from lincompress.artifacts import apply, load
-from lincompress.pipeline import Pipeline, State
-from lincompress.target import Target, load_target
+from lincompress import kernels  # noqa: E402,F401  (registers the CUDA kernels of the op, when available)
+from lincompress.errors import LinCompressError  # noqa: E402
+from lincompress.pipeline import Pipeline, State  # noqa: E402
+from lincompress.target import Target, load_target  # noqa: E402
 
-from lincompress import passes  # noqa: E402  (passes import the core above)
+_LAZY = {
+    "apply": ("lincompress.artifacts", "apply"),
+    "load": ("lincompress.artifacts", "load"),
+    "compress": ("lincompress.api", "compress"),
+    "recover": ("lincompress.api", "recover"),
+    "bench": ("lincompress.benchmarking", "bench"),
+    "passes": ("lincompress.passes", None),
+    "exporters": ("lincompress.exporters", None),
+    "registry": ("lincompress.registry", None),
+}
 
-__all__ = ["Pipeline", "State", "Target", "apply", "load", "load_target", "passes", "__version__"]
+__all__ = ["LinCompressError", "Pipeline", "State", "Target", "load_target", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> _Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lincompress' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = _importlib.import_module(module)
+    value = getattr(value, attr) if attr else value
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,8 @@
 """Latency and memory of an original model and its fixed hybrids, measured the same way in one run.
 
-Used by ``lincompress bench`` and ``benchmarks/e2e.py``. Timing follows the usual rules
+``bench(target, ...)`` (``lincompress.bench``, the ``lincompress bench`` command) measures
+the original model and fixed hybrids at several targets (or an artifact's model) in one
+run; the building blocks are used by ``benchmarks/e2e.py`` too. Timing follows the usual rules
 for asynchronous devices: warm up first (module load, ``torch.compile``, autotuning and
 allocator growth stay out of the numbers), then time each repetition on its own and
 report the median. On CUDA a repetition is timed with CUDA events and peak memory is
@@ -25,17 +27,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lincompress.attention import SITES_ATTR, detach_sites, iter_sites
+from lincompress.config import Arg, ArgumentError, PassConfig, feature_map_option, literal, option
+from lincompress.devices import DTYPES, resolve_device, resolve_dtype
 from lincompress.discovery import SiteInfo
 from lincompress.errors import LinCompressError
 from lincompress.rewrite import fix_model, hybridize_model
+from lincompress.selection import HEURISTICS, heuristic_selection
+from lincompress.target import Target, load_target
 
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+__all__ = ["DTYPES", "BenchConfig", "Row", "Timing", "bench", "resolve_device", "resolve_dtype", "time_call"]
+DEFAULT_TARGETS = "0.5,0.7,1.0"
 
 
 # --------------------------------------------------------------------------- parsing user options
@@ -45,49 +53,20 @@ def parse_targets(text: str) -> list[float]:
     """``"0.5,0.7,1"`` -> ``[0.5, 0.7, 1.0]`` (sorted, unique); one-line error otherwise."""
     parts = [p.strip() for p in str(text).split(",")]
     if not parts or any(p == "" for p in parts):
-        raise LinCompressError(
-            f"--targets {text!r} is not a comma-separated list of fractions; write e.g. --targets 0.5,0.7,1.0"
-        )
+        raise ArgumentError("{} is not a comma-separated list of fractions; write e.g. {}",
+                            Arg("targets", text), Arg("targets", "0.5,0.7,1.0"))
     values = []
     for p in parts:
         try:
             value = float(p)
         except ValueError:
-            raise LinCompressError(
-                f"--targets: {p!r} is not a number; give fractions of attention layers to make linear, e.g. 0.5,0.7,1.0"
-            ) from None
+            raise ArgumentError(f"{{}}: {literal(repr(p))} is not a number; give fractions of attention layers to make "
+                                "linear, e.g. 0.5,0.7,1.0", Arg("targets")) from None
         if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise LinCompressError(f"--targets: {p} is out of range; each target is a fraction in [0, 1]")
+            raise ArgumentError(f"{{}}: {literal(p)} is out of range; each target is a fraction in [0, 1]",
+                                Arg("targets"))
         values.append(value)
     return sorted(set(values))
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None``/``"auto"`` -> cuda when available, else cpu; refuses devices that are not there."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise LinCompressError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LinCompressError("--device cuda: no CUDA GPU is available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise LinCompressError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != "cpu":
-        raise LinCompressError(f"--device {name!r}: lincompress bench supports cpu and cuda devices")
-    return device
-
-
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA, fp32 on CPU."""
-    if name in (None, "", "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise LinCompressError(f"--dtype {name!r} is not supported; choose one of auto, {', '.join(DTYPES)}") from None
 
 
 # --------------------------------------------------------------------------- timing and memory
@@ -438,3 +417,144 @@ def format_ms(ms: float | None) -> str:
 
 def format_speedup(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
+
+
+# --------------------------------------------------------------------------- lincompress.bench
+
+
+@dataclass
+class BenchConfig(PassConfig):
+    """What ``bench`` measures and how; every field is a flag of ``lincompress bench``."""
+
+    targets: list[float] | None = option(
+        None, parse=parse_targets, metavar="T,T,...",
+        help=f"Comma-separated fractions of attention layers made linear (uniformly spread) [default: {DEFAULT_TARGETS}].")
+    compile: bool = option(False, help="torch.compile every model (compile time is reported, not timed).")
+    steps: int = option(8, low=0, help="Steps of the sampling loop (0: forward only).")
+    batch_size: int = option(1, low=1, help="Batch size of the timed calls.")
+    dtype: str = option("auto", choices=("auto", *DTYPES), help="auto: bf16 on CUDA, fp32 on CPU.")
+    device: str = option("auto", help="cpu, cuda, cuda:N (auto: cuda when available).")
+    feature_map: str = feature_map_option("Feature map of the linear sites (an artifact records its own).")
+    select: str = option("uniform", choices=HEURISTICS, help="Which layers become linear for the targets.")
+    warmup: int = option(2, low=0, help="Untimed calls before timing.")
+    reps: int = option(10, low=1, help="Timed forwards (the median is reported).")
+    sampling_reps: int = option(3, low=1, help="Timed sampling loops.")
+
+    def check(self) -> None:
+        if self.compile and self.warmup < 1:
+            raise ArgumentError("{} needs {} >= 1: the first call compiles and must not be timed",
+                                Arg("compile", True), Arg("warmup"))
+        if self.targets is not None:
+            self.targets = parse_targets(",".join(map(str, self.targets)))
+
+
+def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target, device: torch.device,
+             config: BenchConfig) -> None:
+    """Fill ``row`` with forward/sampling timings and peak memory of ``model`` (compiled if asked)."""
+    runner = model
+    if config.compile:
+        torch._dynamo.reset()
+        runner = torch.compile(model)
+    with torch.no_grad():
+        forward = time_call(lambda: runner(**kwargs), device, config.warmup, config.reps)
+        row.forward = forward
+        if config.compile:
+            row.compile_s = round(forward.first_call_s, 3)  # the first warm-up call compiled the model
+        row.peak_memory_bytes = forward.peak_memory_bytes
+        row.extra["output_finite"] = bool(torch.isfinite(model_output(runner(**kwargs))).all())
+        if config.steps > 0:
+            sample, _ = make_sampler(runner, kwargs, target.latent_key, target.timestep_key, target.scheduler,
+                                     config.steps)
+            row.sampling = time_call(sample, device, warmup=1, reps=config.sampling_reps)
+
+
+def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
+          log: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
+    """Latency, speed-up and peak memory of ``target``'s model and its fixed hybrids, in one run.
+
+    Measures the original model and, per target fraction (``targets``, uniformly spread by
+    default), a fixed hybrid built in place -- or the ``artifact``'s model instead. Options
+    are ``BenchConfig`` fields. Returns the JSON-ready report: model, environment (device,
+    versions), settings, and one row per model (median forward and sampling-loop ms,
+    speed-ups against the original, peak device memory).
+    """
+    from lincompress.artifacts import apply, read_artifact
+    from lincompress.passes.find_attention import FindAttention
+    from lincompress.pipeline import State
+
+    config = BenchConfig.build((), options, "bench")
+    if artifact is not None and config.targets is not None:
+        raise ArgumentError("{} and {} are exclusive: the artifact fixes which layers are linear; drop one of them",
+                            Arg("artifact"), Arg("targets"))
+    say = log or (lambda message: None)
+    model_py = None
+    if not isinstance(target, Target):
+        model_py = str(Path(target).resolve())
+        target = load_target(target)
+    target_values = (config.targets if config.targets is not None else parse_targets(DEFAULT_TARGETS)) \
+        if artifact is None else []
+    dev = resolve_device(config.device)
+    dt = resolve_dtype(config.dtype, dev)
+
+    original = target.model.eval()
+    variants: list[tuple[Row, Any]] = []  # (row, how to build its model)
+    if artifact is not None:
+        art = read_artifact(artifact)
+        fixed = apply(copy.deepcopy(original), art).eval()  # validates base identity before any timing
+        fm, candidates, selection = art.feature_map, art.candidates, art.selection
+        frac = len(selection) / len(candidates) if candidates else 0.0
+        variants.append((Row(f"artifact ({len(selection)}/{len(candidates)} linear)", frac, len(selection),
+                             len(candidates), selection), ("artifact", fixed)))
+        selection_source = f"artifact {artifact}"
+    else:
+        say("finding attention sites")
+        state = FindAttention().run(State(target=target, model=original))
+        if not state.candidates:
+            raise LinCompressError("the model has no self- or joint-attention site to make linear; nothing to benchmark")
+        fm = config.feature_map
+        for t in target_values:
+            if t == 0.0:
+                continue  # the original row is the 0 % model
+            chosen = heuristic_selection(state.candidates, t, config.select)
+            variants.append((Row(f"linear {t:g}", t, len(chosen), len(state.candidates), chosen),
+                             ("in_place", (state.sites, chosen))))
+        candidates = [s.name for s in state.candidates]
+        selection_source = f"heuristic ({config.select})"
+
+    settings: dict[str, Any] = {
+        "steps": config.steps, "batch_size": config.batch_size, "dtype": str(dt).replace("torch.", ""),
+        "device": str(dev), "compile": config.compile, "warmup": config.warmup, "reps": config.reps,
+        "sampling_reps": config.sampling_reps, "targets": target_values, "feature_map": fm,
+        "selection": selection_source,
+    }
+    kwargs = move_inputs(target.inputs(config.batch_size), dev, dt, keep_dtype=(target.timestep_key,))
+    cast_model(original, dev, dt)
+
+    base = Row("original", 0.0, 0, len(candidates), [])
+    say(f"measuring the original on {device_name(dev)}")
+    _measure(base, original, kwargs, target, dev, config)
+    rows = [base]
+    for row, (kind, payload) in variants:
+        say(f"measuring {row.variant}")
+        if kind == "artifact":
+            original.to("cpu")
+            release_memory(dev)
+            cast_model(payload, dev, dt)
+            _measure(row, payload, kwargs, target, dev, config)
+        else:
+            sites, chosen = payload
+            with fixed_in_place(original, sites, chosen, fm):
+                _measure(row, original, kwargs, target, dev, config)
+        rows.append(row)
+        release_memory(dev)
+    fill_speedups(rows)
+    if config.steps > 0:
+        _, settings["sampler"] = make_sampler(original, kwargs, target.latent_key, target.timestep_key,
+                                              target.scheduler, config.steps)
+    return {
+        "model": target.name,
+        "model_py": model_py or target.extras.get("source"),
+        "environment": environment(dev),
+        "settings": settings,
+        "rows": [r.to_dict() for r in rows],
+    }

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module under ``lincompress/commands`` and exposes a
 click command named ``command``; this file only collects them. User errors
-(``LinCompressError``) print as one line and exit 2, never as a traceback.
+(``LinCompressError``, and click's own usage errors) print as one line and exit 2, never
+as a traceback; an ``ArgumentError`` is printed with the subcommand's flag names.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 import click
 
 import lincompress.commands as commands_pkg
+from lincompress.commands._options import flag_names
+from lincompress.config import ArgumentError, default_flag
 from lincompress.errors import LinCompressError
 
 
@@ -21,9 +24,19 @@ class _FriendlyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ArgumentError as exc:
+            sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            flags = flag_names(sub) if sub is not None else {}
+            self._fail(exc.render(lambda name: flags.get(name) or default_flag(name)))
         except LinCompressError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(2)
+            self._fail(str(exc))
+        except click.UsageError as exc:
+            self._fail(exc.format_message())
+
+    @staticmethod
+    def _fail(message: str) -> None:
+        click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+        sys.exit(2)
 
 
 @click.group(cls=_FriendlyGroup)

@@ -4,29 +4,45 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
-from lincompress.feature_maps import FEATURE_MAPS
-from lincompress.errors import LinCompressError
-from lincompress.pipeline import State
-from lincompress.rewrite import hybridize_model
+from torch import nn
+
+from lincompress.config import PassConfig, feature_map_option, option
+from lincompress.pipeline import RecordedPass, State
 
 
 @dataclass
-class Hybridize:
-    """``copy=True`` keeps the original model untouched (recovery uses it as the teacher)."""
+class HybridizeConfig(PassConfig):
+    feature_map: str = feature_map_option()
+    eps: float = option(1e-6, low=0.0, low_open=True, help="Added to the linear attention's normaliser.")
+    init_score: float = option(0.9, low=0.0, high=1.0, help="Initial softmax weight r of every hybrid site.")
+    copy: bool = option(True, cli=False, record=False,
+                        help="Hybridize a copy and keep the original model (recovery's teacher) untouched.")
 
-    feature_map: str = "hedgehog"
-    eps: float = 1e-6
-    init_score: float = 0.9
-    copy: bool = True
-    name: str = "hybridize"
 
-    def run(self, state: State) -> State:
-        state.require_sites(self.name)
-        if self.feature_map not in FEATURE_MAPS:
-            raise LinCompressError(f"unknown feature map {self.feature_map!r}; choose one of {FEATURE_MAPS}")
-        if self.copy and state.model is state.target.model:
-            state.model = copy.deepcopy(state.target.model)
-        hybridize_model(state.model, state.sites, self.feature_map, self.eps, self.init_score)
-        state.settings.update(feature_map=self.feature_map, eps=self.eps)
-        return state
+class Hybridize(RecordedPass):
+    """``copy=True`` (default) never mutates the user's model: ``state.target.model`` stays the original."""
+
+    name = "hybridize"
+    config_class = HybridizeConfig
+    requires = ("sites",)
+    produces = ("hybrid",)
+
+    def convert(self, model: nn.Module, config: HybridizeConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
+        from lincompress.rewrite import hybridize_model
+
+        if config.copy and model is state.target.model:
+            model = copy.deepcopy(model)
+        hybridize_model(model, state.sites, config.feature_map, config.eps, config.init_score)
+        state.feature_map = config.feature_map
+        return model, {"sites": [s.to_dict() for s in state.sites]}
+
+    @staticmethod
+    def restore(model: nn.Module, config: HybridizeConfig, metadata: dict[str, Any]) -> nn.Module:
+        from lincompress.discovery import SiteInfo
+        from lincompress.rewrite import hybridize_model
+
+        sites = [SiteInfo.from_dict(s) for s in metadata["sites"]]
+        hybridize_model(model, sites, config.feature_map, config.eps, config.init_score)
+        return model

@@ -1,103 +1,129 @@
 """Recover: data-free post-training of the hybrid against the original model (+ Report, which publishes it).
 
-Reads the selection regulariser's settings left by ``passes.SelectiveTransfer`` (then
-it learns the selection and sets ``state.selection``), or trains the fixed heuristic
-selection left by ``HeuristicSelect`` / ``GreedySelect``. Trained base parameters are
-recorded in ``state.modified_parameters`` so the artifact carries them.
+Trains the learned selection set up by ``passes.SelectiveTransfer`` (then it sets
+``state.selection``), or the fixed selection left by ``HeuristicSelect`` / ``GreedySelect``.
+Trained base parameters are recorded in ``state.modified_parameters`` so the artifact
+carries them. The training stack is imported when Recover is built or runs, never by
+its ``restore`` (which replays the selection it ended with).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lincompress import atomic
+from lincompress.config import PassConfig, option
 from lincompress.errors import LinCompressError
-from lincompress.pipeline import State
-from lincompress.recovery.objectives import make_objective
-from lincompress.recovery.report import LOSS_PNG, SCORES_PNG
-from lincompress.recovery.selective import SelectiveConfig
-from lincompress.recovery.trainer import RecoveryConfig, Trainer
-
-_CONFIG_KEYS = {f.name for f in fields(RecoveryConfig)}
+from lincompress.pipeline import BasePass, RecordedPass, State
+from lincompress.recovery_config import RecoveryConfig
+from lincompress.selection import mark_selection
 
 
-class Recover:
-    """``Recover(objective="adm", steps=2000, work_dir=..., resume=False, **options)``.
+class Recover(RecordedPass):
+    """``Recover(objective="adm", steps=2000, *, work_dir=None, resume=False, progress=True, **RecoveryConfig fields)``.
 
-    ``options`` are ``RecoveryConfig`` fields (batch_size, lr, lr_feature_maps, lr_score,
-    train, grad_accum, gradient_checkpointing, samples, device, seed, ...).
     ``work_dir`` holds the teacher cache, checkpoints, metrics.jsonl and the report;
-    give one to be able to resume (default: a fresh temporary directory).
+    give one to be able to resume (default: a fresh temporary directory). ``work_dir``,
+    ``resume`` and ``progress`` say how to run, so the recipe does not record them.
     """
 
     name = "recover"
+    config_class = RecoveryConfig
 
-    def __init__(
-        self, objective: str = "adm", steps: int = 2000, *, work_dir: str | Path | None = None, resume: bool = False,
-        progress: bool = True, objective_options: dict[str, Any] | None = None, **options: Any,
-    ) -> None:
-        unknown = sorted(set(options) - _CONFIG_KEYS)
-        if unknown:
-            raise LinCompressError(f"Recover got unknown option {unknown[0]!r}; known: {', '.join(sorted(_CONFIG_KEYS))}")
-        self.config = RecoveryConfig(objective=objective, steps=steps, objective_options=dict(objective_options or {}),
-                                     **options)
-        make_objective(objective, **self.config.objective_options)  # fail on bad objective settings now
+    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+                 config: RecoveryConfig | None = None, **kwargs: Any) -> None:
+        if kwargs.get("objective_options", {}) is None:
+            del kwargs["objective_options"]
+        super().__init__(*args, config=config, **kwargs)
+        from lincompress.recovery.objectives import make_objective
+
+        make_objective(self.config.objective, **self.config.objective_options)  # bad objective settings fail now
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.resume = resume
         self.progress = progress
 
+    @property
+    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("hybrid", "selection|selective") if self.config.steps > 0 else ("hybrid", "selection")
+
+    @property
+    def produces(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("selection",) if self.config.steps > 0 else ()
+
+    def check(self, state: State) -> None:
+        if self.config.steps > 0:
+            from lincompress.recovery.sampling import check_flow_scheduler
+
+            check_flow_scheduler(state.target.scheduler)
+
     def run(self, state: State) -> State:
-        state.require_sites(self.name)
-        selective = None
-        if state.settings.get("selection_method") == "selective_transfer":
-            selective = SelectiveConfig(**state.settings["selective_transfer"])
         if self.config.steps == 0:
-            if selective is not None:
+            if state.selective is not None:
                 raise LinCompressError("SelectiveTransfer learns the selection during Recover; give steps > 0 "
-                                       "(or use a heuristic selection with --select and --steps 0)")
-            return state
+                                       "(or use a heuristic selection with steps=0)")
+            return state  # nothing to train, nothing to record
+        return super().run(state)
+
+    def convert(self, model: nn.Module, config: RecoveryConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
+        from lincompress.recovery.trainer import Trainer
+
         work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="lincompress-recover-"))
-        home = next(state.model.parameters()).device
-        trainer = Trainer(state.target, state.model, self.config, work_dir, selective=selective,
+        home = next(model.parameters()).device
+        trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,
                           selection=state.selection, progress=self.progress)
         try:
             result = trainer.run(resume=self.resume, name=state.target.name)
         finally:
-            state.model.to(home)
+            model.to(home)
             state.target.model.to(home)
             if home.type == "cpu" and torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        state.selection = result.selection
+        state.selection = list(result.selection)
+        state.selective = None  # consumed: the selection is learned
         state.modified_parameters |= result.modified_parameters
         state.metrics["recovery"] = result.metrics
-        state.settings["recovery"] = {k: v for k, v in vars(self.config).items()}
         state.outputs["recovery_dir"] = work_dir
         if result.report is not None:
             state.outputs["report"] = result.report
-        return state
+        return model, {"selection": state.selection}
+
+    @staticmethod
+    def restore(model: nn.Module, config: RecoveryConfig, metadata: dict[str, Any]) -> nn.Module:
+        mark_selection(model, metadata["selection"])
+        return model
 
 
-class Report:
+@dataclass
+class ReportConfig(PassConfig):
+    out_dir: str | None = option(None, cli=False, help="Where to copy the report [default: the artifact directory].")
+
+
+class Report(BasePass):
     """Copy the recovery report (report.md, plots, metrics.jsonl) into the artifact directory, after Save."""
 
     name = "report"
+    config_class = ReportConfig
 
-    def __init__(self, out_dir: str | Path | None = None) -> None:
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+    @property
+    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
+        return () if self.config.out_dir is not None else ("artifact",)
 
     def run(self, state: State) -> State:
         source = state.outputs.get("recovery_dir")
-        out_dir = self.out_dir or state.outputs.get("artifact")
+        out_dir = self.config.out_dir or state.outputs.get("artifact")
         if out_dir is None:
             raise LinCompressError("Report needs an output directory; pass Report(out_dir) or run passes.Save first")
         if source is None:
             return state  # nothing was trained: the artifact manifest says it all
+        from lincompress.recovery.report import LOSS_PNG, SCORES_PNG
+
         for name in ("report.md", LOSS_PNG, SCORES_PNG, "metrics.jsonl"):
             path = Path(source) / name
             if path.is_file():

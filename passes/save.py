@@ -1,20 +1,33 @@
-"""Save: write the fixed model as an artifact directory."""
+"""Save: write the fixed model as an artifact directory (its recipe + the weights it adds or changes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from lincompress.artifacts import save_artifact
-from lincompress.pipeline import State
+from lincompress.config import MISSING, PassConfig, option
+from lincompress.pipeline import BasePass, State
 
 
 @dataclass
-class Save:
-    out_dir: str | Path
-    overwrite: bool = False
-    name: str = "save"
+class SaveConfig(PassConfig):
+    out_dir: str = option(MISSING, cli="--out", help="Artifact directory to write.")
+    overwrite: bool = option(False, help="Replace an existing artifact in the output directory.")
+
+
+class Save(BasePass):
+    name = "save"
+    config_class = SaveConfig
+    requires = ("fixed",)
+    produces = ("artifact",)
+
+    def check(self, state: State) -> None:
+        from lincompress.artifacts import check_out_dir
+
+        check_out_dir(Path(self.config.out_dir), self.config.overwrite)
 
     def run(self, state: State) -> State:
-        state.outputs["artifact"] = save_artifact(state, Path(self.out_dir), overwrite=self.overwrite)
+        from lincompress.artifacts import save_artifact
+
+        state.outputs["artifact"] = save_artifact(state, Path(self.config.out_dir), overwrite=self.config.overwrite)
         return state

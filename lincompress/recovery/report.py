@@ -1,4 +1,8 @@
-"""``report.md`` of a recovery run: final selection, loss curves and r trajectories (PNG, matplotlib Agg)."""
+"""``report.md`` of a recovery run: final selection, loss curves and r trajectories (PNG).
+
+Plots use matplotlib's object API (``matplotlib.figure.Figure``, no pyplot): the user's
+backend and pyplot's global figure state are never touched.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +25,15 @@ def _png(fig: Any) -> bytes:
 def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
     """Write the plots; returns the file names written (none when matplotlib is missing)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return []
     written = []
     steps = [r["step"] for r in records]
     keys = [k for k in ("loss", "objective", "constraint", "binarize", "velocity_gap") if any(k in r for r in records)]
     if steps and keys:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
+        fig = Figure(figsize=(7, 3.6))
+        ax = fig.subplots()
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, lw=1)
@@ -40,11 +42,11 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
         ax.legend(fontsize=8)
         ax.set_title("recovery losses")
         atomic.write_bytes(out_dir / LOSS_PNG, _png(fig))
-        plt.close(fig)
         written.append(LOSS_PNG)
     score_records = [r for r in records if "scores" in r]
     if score_records:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
+        fig = Figure(figsize=(7, 3.6))
+        ax = fig.subplots()
         names = list(score_records[0]["scores"])
         for name in names:
             ax.plot([r["step"] for r in score_records], [r["scores"].get(name) for r in score_records], lw=1, label=name)
@@ -55,7 +57,6 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("selective transfer: per-site scores")
         atomic.write_bytes(out_dir / SCORES_PNG, _png(fig))
-        plt.close(fig)
         written.append(SCORES_PNG)
     return written
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -28,29 +27,8 @@ from torch import Tensor
 
 from lincompress.attention import HybridAttention
 from lincompress.errors import LinCompressError
+from lincompress.recovery_config import SelectiveConfig
 from lincompress.selection import num_linear
-
-
-@dataclass
-class SelectiveConfig:
-    target_linear: float = 0.7
-    constraint_weight: float = 10.0  # against objective gradients normalised to unit RMS
-    binarize_weight: float = 0.5
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    warmup: float = 0.3  # fraction of steps before the binarisation term starts (the constraint settles first)
-    freeze_threshold: float = 0.02  # r below this: frozen linear
-    harden_at: float = 0.8  # fraction of steps after which the exact-K selection is fixed
-
-    def __post_init__(self) -> None:
-        num_linear(self.target_linear, 1)  # validates the range with the CLI's message
-        if not 0.0 <= self.warmup <= 1.0 or not 0.0 < self.harden_at <= 1.0:
-            raise LinCompressError("selective transfer: warmup must be in [0, 1] and harden_at in (0, 1]")
-        if self.beta_start < self.beta_end or self.beta_end <= 0:
-            raise LinCompressError("selective transfer: need beta_start >= beta_end > 0 (beta decays from high to low)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class SelectiveRegularizer:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lincompress.attention import SITES_ATTR, HybridAttention, iter_sites
+from lincompress.devices import resolve_device
 from lincompress.errors import LinCompressError
 from lincompress.recovery.checkpoint import capture_rng, latest_step, load_checkpoint, restore_rng, save_checkpoint
 from lincompress.recovery.objectives import Context, Objective, make_objective
@@ -34,11 +35,13 @@ from lincompress.recovery.report import write_report
 from lincompress.recovery.sampling import (
     ConditionSource, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
 )
-from lincompress.recovery.selective import SelectiveConfig, SelectiveRegularizer
+from lincompress.recovery.selective import SelectiveRegularizer
 from lincompress.recovery.teacher_data import TeacherData, build_teacher_cache, load_teacher_cache
+from lincompress.recovery_config import TRAINABLE, RecoveryConfig, SelectiveConfig
 from lincompress.target import Target
 
-TRAINABLE: tuple[str, ...] = ("all", "attention", "feature_maps")
+__all__ = ["TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryResult", "Trainer", "TrainingInterrupted",
+           "resolve_device"]
 
 
 class NonFiniteError(LinCompressError):
@@ -50,56 +53,12 @@ class TrainingInterrupted(LinCompressError):
 
 
 @dataclass
-class RecoveryConfig:
-    objective: str = "adm"
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 2000
-    batch_size: int = 1
-    lr: float = 1e-5  # base model parameters
-    lr_feature_maps: float = 1e-3
-    lr_score: float | None = None  # selection score logits; None: 10 / steps (Adam moves a logit ~lr per step)
-    weight_decay: float = 0.0
-    train: str = "all"  # all | attention | feature_maps (feature maps + r only)
-    grad_accum: int = 1
-    grad_clip: float = 1.0  # <= 0: no clipping (non-finite gradients are still caught)
-    checkpoint_every: int = 100
-    log_scores_every: int = 1
-    gradient_checkpointing: bool = False
-    autocast: bool | None = None  # None: bf16 autocast on CUDA, off on CPU
-    device: str | None = None  # None: cuda when available
-    seed: int = 0
-    samples: int = 8  # teacher trajectories to cache (0: none; ADM then runs without cache)
-    teacher_steps: int = 8
-    shard_size: int = 4
-    eval_points: int = 16  # cached teacher points for the before/after velocity error
-    compare_without_recovery: bool = True  # also measure the final selection with untrained weights (a CPU copy)
-
-    def __post_init__(self) -> None:
-        if self.train not in TRAINABLE:
-            raise LinCompressError(f"unknown --train {self.train!r}; choose one of {', '.join(TRAINABLE)}")
-        for key in ("batch_size", "grad_accum", "checkpoint_every", "teacher_steps", "shard_size", "log_scores_every"):
-            if getattr(self, key) < 1:
-                raise LinCompressError(f"{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        if self.steps < 0 or self.samples < 0:
-            raise LinCompressError("--steps and --samples must not be negative")
-
-
-@dataclass
 class RecoveryResult:
     selection: list[str] | None
     metrics: dict[str, Any]
     modified_parameters: set[str]
     records: list[dict[str, Any]]
     report: Path | None
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LinCompressError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return dev
 
 
 class Trainer:

@@ -1,0 +1,179 @@
+"""The library's front door: ``compress`` (the standard recipe) and ``recover`` (train a hybrid).
+
+    state = lincompress.compress("model.py", target_linear=0.7, steps=2000, out_dir="out/lin70")
+    state = lincompress.recover(hybrid, target, target_linear=0.5, steps=500)
+
+Both take the options of the passes they run as keyword arguments: any field of
+``FindAttentionConfig``, ``HybridizeConfig``, ``SelectConfig``, ``SelectiveConfig``,
+``GreedySelectConfig`` or ``RecoveryConfig`` (a name several of them have, like
+``target_linear`` or ``seed``, goes to each). An option the chosen recipe does not use
+is an error, not silently ignored. ``lincompress optimize`` is ``compress`` with these
+options as flags.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, field_default
+from lincompress.errors import LinCompressError
+from lincompress.pipeline import Pipeline, State
+from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
+from lincompress.selection import HEURISTICS
+from lincompress.target import Target, load_target
+
+SELECTIONS: tuple[str, ...] = ("learned", *HEURISTICS, "greedy")
+WORK_DIR = ".lincompress-work"  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
+_SET_BY_SELECT = ("strategy", "sites")  # SelectConfig fields that `select` decides
+
+
+def _homes() -> dict[str, type[PassConfig]]:
+    """Every config whose fields compress/recover accept, by the step it configures."""
+    from lincompress.passes.find_attention import FindAttentionConfig
+    from lincompress.passes.hybridize import HybridizeConfig
+    from lincompress.passes.select import SelectConfig
+    from lincompress.passes.selective_transfer import GreedySelectConfig
+
+    return {"discovery": FindAttentionConfig, "hybridization": HybridizeConfig, "heuristic selection": SelectConfig,
+            "learned selection (select='learned')": SelectiveConfig, "greedy selection": GreedySelectConfig,
+            "recovery": RecoveryConfig}
+
+
+def option_names() -> list[str]:
+    """Every keyword option ``compress`` accepts (besides its own arguments)."""
+    names = {f.name for cls in _homes().values() for f in config_fields(cls)} - set(_SET_BY_SELECT) - {"copy"}
+    return sorted(names)
+
+
+def _dispatch(options: dict[str, Any], used: list[str], context: tuple[Arg, ...]) -> dict[str, dict[str, Any]]:
+    """Route each option to every used config that has the field; refuse unknown and unused ones."""
+    homes = _homes()
+    known = option_names()
+    out: dict[str, dict[str, Any]] = {label: {} for label in used}
+    for name, value in options.items():
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ArgumentError(f"unknown option {{}}{hint}; the options are: {', '.join(known)}", Arg(name))
+        targets = [label for label in used if any(f.name == name for f in config_fields(homes[label]))]
+        if not targets:
+            owner = next(label for label, cls in homes.items() if any(f.name == name for f in config_fields(cls)))
+            template = "{} configures " + owner + ", which this run does not do (" + ", ".join("{}" for _ in context) + ")"
+            raise ArgumentError(template, Arg(name, value), *context)
+        for label in targets:
+            out[label][name] = value
+    return out
+
+
+def _selection_pass(select: str | list[str], opts: dict[str, dict[str, Any]], label: str) -> Any:
+    from lincompress import passes
+
+    if isinstance(select, list):
+        return passes.HeuristicSelect(sites=select, **opts.get(label, {}))
+    if select == "learned":
+        return passes.SelectiveTransfer(**opts.get(label, {}))
+    if select == "greedy":
+        return passes.GreedySelect(**opts.get(label, {}))
+    return passes.HeuristicSelect(strategy=select, **opts.get(label, {}))
+
+
+def _selection_label(select: str | list[str]) -> str:
+    if isinstance(select, list) or select in HEURISTICS:
+        return "heuristic selection"
+    return "learned selection (select='learned')" if select == "learned" else "greedy selection"
+
+
+def _check_select(select: Any, steps: int) -> str | list[str]:
+    if isinstance(select, (list, tuple)):
+        if not all(isinstance(s, str) for s in select):
+            raise ArgumentError("{} must be one of " + ", ".join(SELECTIONS) + " or a list of site names", Arg("select"))
+        return list(select)
+    if select is None:
+        return "learned" if steps > 0 else "uniform"
+    if select not in SELECTIONS:
+        raise ArgumentError(f"{{}} is unknown; choose one of {', '.join(SELECTIONS)}, or give a list of site names",
+                            Arg("select", select))
+    if select == "learned" and steps == 0:
+        raise ArgumentError("{} trains the selection; give {} > 0 or pick a heuristic {}",
+                            Arg("select", "learned"), Arg("steps"), Arg("select"))
+    return select
+
+
+def _steps(options: dict[str, Any]) -> int:
+    return RecoveryConfig(steps=options.get("steps", field_default(RecoveryConfig, "steps"))).steps
+
+
+def compress(
+    target: Target | str | Path, *, out_dir: str | Path | None = None, select: str | list[str] | None = None,
+    resume: bool = False, overwrite: bool = False, progress: bool = True, **options: Any,
+) -> State:
+    """The standard recipe: find -> hybridize -> select (+ recover) -> fix (-> save + report).
+
+    target: a ``Target`` or the path of a model.py.
+    select: "learned" (selective transfer, trained by recovery; the default when steps > 0),
+        "uniform" / "first" / "last" (the default with steps=0: uniform), "greedy", or a list
+        of site names.
+    out_dir: write the artifact (and the recovery report) there; training state lives in
+        ``out_dir/.lincompress-work``, so ``resume=True`` continues an interrupted run.
+    options: fields of the pass configs (see the module docstring), e.g. ``target_linear=0.7,
+        objective="adm", steps=2000, feature_map="relu", lr=1e-5``.
+    Returns the final ``State`` (``.model`` is the fixed model; the original is untouched).
+    """
+    from lincompress import passes
+
+    if any(name in options for name in (*_SET_BY_SELECT, "copy")):
+        bad = next(name for name in (*_SET_BY_SELECT, "copy") if name in options)
+        raise ArgumentError("{} is not an option of compress; choose the selection with {}", Arg(bad), Arg("select"))
+    steps = _steps(options)
+    if steps == 0:
+        options.pop("steps", None)  # the switch that leaves recovery out, not a recovery option
+    select = _check_select(select, steps)
+    label = _selection_label(select)
+    used = ["discovery", "hybridization", label] + (["recovery"] if steps > 0 else [])
+    opts = _dispatch(options, used, (Arg("select", select), Arg("steps", steps)))
+    recipe: list[Any] = [passes.FindAttention(**opts["discovery"]), passes.Hybridize(**opts["hybridization"]),
+                         _selection_pass(select, opts, label)]
+    if steps > 0:
+        work_dir = Path(out_dir) / WORK_DIR if out_dir is not None else None
+        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"]))
+    recipe.append(passes.Fix())
+    if out_dir is not None:
+        recipe += [passes.Save(out_dir, overwrite=overwrite or resume), passes.Report(out_dir)]
+    pipeline = Pipeline(recipe)  # every option is validated: now load the model
+    return pipeline.run(target if isinstance(target, Target) else load_target(target))
+
+
+def recover(
+    model: nn.Module, target: Target | str | Path, *, select: str | list[str] = "learned",
+    work_dir: str | Path | None = None, resume: bool = False, progress: bool = True, **options: Any,
+) -> State:
+    """Train the hybrid ``model`` against ``target.model`` (the original, the teacher), in place.
+
+    ``model`` carries hybrid sites: made by ``passes.Hybridize`` or by the ModelOpt mode
+    ``linear_attention`` with ``select=None``. ``select`` is "learned" (selective transfer:
+    ``target_linear`` of the sites become linear, chosen by training), a heuristic
+    ("uniform" / "first" / "last"), "greedy" or a list of site names. ``options``: fields of
+    ``RecoveryConfig`` and of the selection's config (``target_linear``, ``steps``,
+    ``objective``, ``lr``, ...). The returned ``State`` has ``.selection`` (the sites that
+    became linear: fix them with ``passes.Fix`` or a second ``mto.apply_mode``), ``.metrics``
+    and ``.modified_parameters``; ``.model`` is ``model``, trained.
+    """
+    if not isinstance(target, Target):
+        target = load_target(target)
+    if model is target.model:
+        raise LinCompressError("recover trains a hybridized copy against the original: pass the hybrid as model and "
+                               "a Target whose model is the unconverted original")
+    from lincompress import passes
+
+    steps = _steps(options)
+    select = _check_select(select, steps)
+    label = _selection_label(select)
+    opts = _dispatch(options, [label, "recovery"], (Arg("select", select),))
+    state = State.for_hybrid(target, model)
+    recipe = [_selection_pass(select, opts, label),
+              passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"])]
+    return Pipeline(recipe).run(state)
