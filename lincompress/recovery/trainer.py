@@ -27,16 +27,17 @@ from torch import nn
 
 from lincompress.attention import SITES_ATTR, HybridAttention, iter_sites
 from lincompress.errors import LinCompressError
+from lincompress.guidance import check_student_guidance
 from lincompress.recovery.checkpoint import capture_rng, latest_step, load_checkpoint, restore_rng, save_checkpoint
 from lincompress.recovery.objectives import Context, Objective, make_objective
 from lincompress.recovery.progress import MetricsLog, TrainingProgress
 from lincompress.recovery.report import write_report
 from lincompress.recovery.sampling import (
-    ConditionSource, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
+    ConditionSource, Guidance, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
 )
 from lincompress.recovery.selective import SelectiveConfig, SelectiveRegularizer
 from lincompress.recovery.teacher_data import TeacherData, build_teacher_cache, load_teacher_cache
-from lincompress.target import Target
+from lincompress.target import Target, prepare_conditions
 
 TRAINABLE: tuple[str, ...] = ("all", "attention", "feature_maps")
 
@@ -73,8 +74,11 @@ class RecoveryConfig:
     shard_size: int = 4
     eval_points: int = 16  # cached teacher points for the before/after velocity error
     compare_without_recovery: bool = True  # also measure the final selection with untrained weights (a CPU copy)
+    student_guidance: str = "cfg"  # cfg: the student keeps CFG | distilled: one forward learns the guided teacher
+    cfg_batched: bool = True  # CFG's two branches as one forward of batch 2B (False: two forwards, less memory)
 
     def __post_init__(self) -> None:
+        check_student_guidance(self.student_guidance, "student-guidance")
         if self.train not in TRAINABLE:
             raise LinCompressError(f"unknown --train {self.train!r}; choose one of {', '.join(TRAINABLE)}")
         for key in ("batch_size", "grad_accum", "checkpoint_every", "teacher_steps", "shard_size", "log_scores_every"):
@@ -211,8 +215,26 @@ class Trainer:
                 console.print(f"teacher trajectories: shard {done}/{total}")
 
         build_teacher_cache(self.target, self.teacher, cache, cfg.samples, cfg.teacher_steps, cfg.shard_size,
-                            cfg.seed, self.device, self.autocast, progress=report)
+                            cfg.seed, self.device, self.autocast, progress=report, guidance=self.guidance)
         return load_teacher_cache(cache, cfg.samples)
+
+    @property
+    def guidance(self) -> Guidance:
+        """The target's CFG (scale, negative conditions) with this run's student mode; prompts encoded once, cached."""
+        if getattr(self, "_guidance", None) is None:
+            console = None
+            if self.show_progress:
+                from rich.console import Console
+
+                console = Console(stderr=True)
+
+            def report(done: int, total: int) -> None:
+                if console is not None and total > 1:
+                    console.print(f"encoding prompts: chunk {done}/{total}")
+
+            prepare_conditions(self.target, self.work_dir / "prompts", progress=report)
+            self._guidance = Guidance(self.target, self.config.student_guidance, self.config.cfg_batched)
+        return self._guidance
 
     def _context(self, data: TeacherData | None) -> Context:
         steps = getattr(self.objective, "sampler_steps", 4)
@@ -220,7 +242,7 @@ class Trainer:
             student=self.student, teacher=self.teacher, caller=ModelCaller(self.target, self.target.scheduler),
             conditions=ConditionSource(self.target), latent_shape=latent_shape(self.target),
             shift=timestep_shift(self.target.scheduler), student_sigmas=sigma_grid(self.target.scheduler, steps),
-            generator=self.generator, device=self.device, autocast=self.autocast, data=data,
+            generator=self.generator, device=self.device, autocast=self.autocast, data=data, guidance=self.guidance,
         )
 
     # -- checkpoints -----------------------------------------------------------------
@@ -272,7 +294,7 @@ class Trainer:
         total, count = 0.0, 0
         for start in range(0, x.shape[0], self.config.batch_size):
             sl = slice(start, start + self.config.batch_size)
-            v_s = ctx.velocity(self.student, x[sl].to(self.device), sigma[sl], {k: c[sl].to(self.device) for k, c in cond.items()})
+            v_s = ctx.student_velocity(x[sl].to(self.device), sigma[sl], {k: c[sl].to(self.device) for k, c in cond.items()})
             total += float(((v_s - v_t[sl].to(self.device)) ** 2).sum())
             count += v_s.numel()
         return total / count
