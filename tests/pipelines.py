@@ -175,14 +175,14 @@ PIPELINES: dict[str, Callable[[], PipelineCase]] = {
 
 
 class ForwardCounter:
-    """Counts a module's forwards and the samples they carried (a batched 2B CFG forward: 1 call, 2B samples)."""
+    """Counts a module's completed forwards and the samples they carried (a batched 2B CFG forward: 1 call, 2B samples)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.calls = 0
         self.samples = 0
-        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handle = module.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, kwargs) -> None:
+    def _hook(self, module, args, kwargs, output) -> None:
         self.calls += 1
         x = kwargs.get("hidden_states", args[0] if args else None)
         self.samples += int(x.shape[0]) if isinstance(x, torch.Tensor) else 0

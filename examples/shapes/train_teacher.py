@@ -17,7 +17,7 @@ unconditional velocity. ``--guidance-sweep`` then samples the EMA model with CFG
 scale and records the best one above 1 (highest world score, then lowest speed error +
 jitter) as ``guidance_scale`` in the weights' metadata: the scale ``model.py`` samples with.
 
-CPU smoke run: ``--out /tmp/t --max-steps 3 --batch 4 --eval-samples 2 --sample-steps 2``.
+CPU smoke run: ``--out /tmp/t --max-steps 3 --batch 4 --eval-samples 2 --sample-steps 2 --no-pictures``.
 
 Each step renders a fresh batch of clips from random world conditions (no dataset),
 draws t = shift(u), u ~ U(0, 1), forms x_t = (1 - t) x0 + t eps and regresses the
@@ -155,6 +155,7 @@ def main() -> None:
     p.add_argument("--guidance-sweep", default=None,
                    help="after training, CFG scales to evaluate (e.g. 1,1.5,2,3,4,6); the best one above 1 is recorded")
     p.add_argument("--sweep-samples", type=int, default=128, help="samples per scale of --guidance-sweep")
+    p.add_argument("--no-pictures", action="store_true", help="skip samples.png / samples.gif (quick smoke runs)")
     args = p.parse_args()
     if not 0.0 <= args.cond_dropout < 1.0:
         raise SystemExit(f"--cond-dropout must be in [0, 1), got {args.cond_dropout}")
@@ -301,6 +302,9 @@ def main() -> None:
                                         for r in sweep]
         save_weights(ema, args.out / "teacher.safetensors", final_meta)
         log({"event": "guidance_chosen", "guidance_scale": scale})
+    if args.no_pictures:
+        log({"event": "done", "seconds": round(time.perf_counter() - start, 1)})
+        return
     conditions = showcase_conditions()
     g = torch.Generator().manual_seed(7)
     noise = torch.randn(len(conditions), *W.LATENT_SHAPE, generator=g).to(device)
