@@ -274,9 +274,9 @@ def target_from_pipeline(
     if not known and (prompts is not None or negative_prompt is not None or guidance_scale not in (None, 1.0)):
         adapter.encode([])  # raises: which families are supported, what to do instead
     holder: dict[str, Target] = {}
+    source = PromptConditions(list(prompts) if prompts is not None else default_prompts(), encoder) if known else None
     if known:
-        first = PromptConditions(prompts if prompts is not None else default_prompts(), encoder).example(1)
-        call.update(adapter.embeds_call_kwargs(first))
+        call.update(adapter.embeds_call_kwargs(source.example(1)))
         call.update(adapter.call_options())
         if call_accepts(pipe, adapter.cfg_param):
             call[adapter.cfg_param] = 1.0  # capture the conditional branch alone (batch 1)
@@ -311,7 +311,7 @@ def target_from_pipeline(
     target = Target(
         model=transformer, example_inputs=example_inputs, scheduler=getattr(pipe, "scheduler", None),
         latent_shape=latent_shape, latent_key=latent_key, name=name, resolution=resolution,
-        prompts=(list(prompts) if prompts is not None else None) if known else None, prompt_encoder=encoder,
+        prompts=source.prompts if known else None, conditions=source, prompt_encoder=encoder,
         negative_prompt=(negative_prompt if negative_prompt is not None else adapter.default_negative_prompt())
         if known else None,
         guidance_scale=(guidance_scale if guidance_scale is not None else adapter.default_guidance_scale())
