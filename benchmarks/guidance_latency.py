@@ -12,7 +12,9 @@ tokens), with random weights (compute does not depend on them), bf16, batch 1:
 
 Text encoding and VAE decoding are *excluded*: the prompt embeddings are given to the
 pipeline (``prompt_embeds``), it returns latents (``output_type="latent"``); both cost
-the same for every model. Counted per generation: transformer forwards (a hook) and
+the same for every model. Where ``transformers`` is not installed (diffusers' WanPipeline
+needs it even without a text encoder), ``wan_loop`` -- the same loop, written out -- runs
+instead, and the JSON says which ran (``loop``). Counted per generation: transformer forwards (a hook) and
 wall time (CUDA-synchronised, after a 2-step warm-up run of each model).
 
     python benchmarks/guidance_latency.py --json benchmarks/results/guidance_latency.json
@@ -48,12 +50,59 @@ PIXELS = {"wan-1.3b": (480, 832, 81), "tiny": (64, 64, 9)}
 CFG_SCALE = 5.0  # WanPipeline's default guidance_scale
 
 
-def make_pipeline(model: torch.nn.Module, tiny: bool):
-    from diffusers import UniPCMultistepScheduler, WanPipeline
+def make_scheduler():
+    from diffusers import UniPCMultistepScheduler
 
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-                                        flow_shift=3.0)
-    return WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                   flow_shift=3.0)
+
+
+def make_pipeline(model: torch.nn.Module):
+    """diffusers' WanPipeline around ``model`` (no text encoder, no VAE), or None without ``transformers``."""
+    try:
+        from diffusers import WanPipeline
+
+        return WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=make_scheduler())
+    except (ImportError, OSError):
+        return None
+
+
+class LoopOutput:
+    def __init__(self, frames: torch.Tensor) -> None:
+        self.frames = frames
+
+
+class WanLoop:
+    """WanPipeline's denoising loop written out (latents in, latents out), for machines without ``transformers``.
+
+    Same steps as ``WanPipeline.__call__``: UniPC timesteps, ``timestep = t.expand(B)``, a
+    conditional and (with CFG) an unconditional transformer call per step, their
+    combination, ``scheduler.step``. ``tests/benchmarks`` checks it against WanPipeline.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.transformer = model
+        self.scheduler = make_scheduler()
+
+    @torch.no_grad()
+    def __call__(self, prompt_embeds, height, width, num_frames, num_inference_steps, output_type, generator,
+                 guidance_scale=5.0, negative_prompt_embeds=None):
+        model, device = self.transformer, prompt_embeds.device
+        channels = model.config.in_channels
+        shape = (prompt_embeds.shape[0], channels, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+        latents = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        dtype = prompt_embeds.dtype
+        for t in self.scheduler.timesteps:
+            timestep = t.expand(latents.shape[0])
+            x = latents.to(dtype)
+            noise = model(hidden_states=x, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            if guidance_scale > 1.0:
+                uncond = model(hidden_states=x, timestep=timestep, encoder_hidden_states=negative_prompt_embeds,
+                               return_dict=False)[0]
+                noise = uncond + guidance_scale * (noise - uncond)
+            latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
+        return LoopOutput(latents)
 
 
 class Counter:
@@ -66,8 +115,11 @@ class Counter:
 
 
 def generate(pipe, embeds: torch.Tensor, guidance: GuidanceConfig, size: tuple[int, int, int], steps: int, seed: int):
-    kwargs = pipeline_call_kwargs(pipe, guidance)
-    kwargs.pop("negative_prompt", None)  # embeddings are given instead
+    if isinstance(pipe, WanLoop):
+        kwargs = {"guidance_scale": guidance.pipeline_scale()}
+    else:
+        kwargs = pipeline_call_kwargs(pipe, guidance)
+        kwargs.pop("negative_prompt", None)  # embeddings are given instead
     if guidance.forwards_per_step == 2:
         kwargs["negative_prompt_embeds"] = torch.zeros_like(embeds)
     height, width, frames = size
@@ -115,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backend, sdpa_times = (None, {})
     if device.type == "cuda":
         backend, sdpa_times = e2e.pick_sdpa_backend(config, device, dtype)
-    pipe = make_pipeline(model, args.tiny)
+    pipe = make_pipeline(model)
+    loop = "diffusers WanPipeline" if pipe is not None else "WanLoop (transformers not installed)"
+    pipe = pipe if pipe is not None else WanLoop(model)
     g = torch.Generator(device=device).manual_seed(1)
     embeds = torch.randn(1, config.text_tokens, config.model["text_dim"], generator=g, device=device, dtype=dtype)
     results: dict[str, Any] = {
@@ -125,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dtype": str(dtype).replace("torch.", ""), "cfg_scale": CFG_SCALE, "target_linear": args.target_linear,
         "feature_map": args.feature_map, "num_linear": len(chosen), "num_candidates": len(candidates),
         "compile": args.compile, "sdpa_backend": backend.name if backend is not None else "default",
-        "excluded": "text encoding and VAE decoding (prompt embeddings in, latents out)", "rows": [],
+        "excluded": "text encoding and VAE decoding (prompt embeddings in, latents out)", "loop": loop, "rows": [],
     }
     if args.compile:
         e2e.compile_blocks(model)

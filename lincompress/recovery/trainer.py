@@ -267,6 +267,12 @@ class Trainer:
                 f"the checkpoint in {self.checkpoint_dir} was trained with objective {ckpt.extra.get('objective')!r}; "
                 f"resume with the same --objective or delete {self.checkpoint_dir}"
             )
+        trained_for = (ckpt.extra.get("config") or {}).get("student_guidance", "cfg")
+        if trained_for != self.config.student_guidance:
+            raise LinCompressError(
+                f"the checkpoint in {self.checkpoint_dir} trained a {trained_for!r} student; resume with the same "
+                f"student guidance or delete {self.checkpoint_dir}"
+            )
         missing = sorted(set(self.param_names) - set(ckpt.params))
         if missing:
             raise LinCompressError(f"checkpoint lacks trained parameter {missing[0]}; resume with the same --train setting")

@@ -43,3 +43,19 @@ def test_shapes_guidance_script_trains_and_evaluates_a_distilled_student(tmp_pat
     assert "world_score" in run["world"] and "world_score" in payload["teacher_unguided_world"]
     table = guidance.markdown_table(payload)
     assert "student distilled" in table and "teacher, unguided" in table
+
+
+def test_the_written_out_wan_loop_is_wanpipelines_loop():
+    import torch
+
+    import e2e
+
+    config = e2e.TINY_CONFIGS["tiny"]
+    model = e2e.build_wan(config, torch.device("cpu"), torch.float32)
+    embeds = torch.randn(1, config.text_tokens, config.model["text_dim"], generator=torch.Generator().manual_seed(0))
+    size = guidance_latency.PIXELS["tiny"]
+    for mode in ("cfg", "distilled"):
+        config_ = guidance_latency.GuidanceConfig(scale=5.0, negative_prompt="", student=mode)
+        ours = guidance_latency.generate(guidance_latency.WanLoop(model), embeds, config_, size, 3, 0)
+        theirs = guidance_latency.generate(guidance_latency.make_pipeline(model), embeds, config_, size, 3, 0)
+        torch.testing.assert_close(ours, theirs)

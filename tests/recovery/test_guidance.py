@@ -147,3 +147,15 @@ def test_sigma_grid_leaves_the_users_scheduler_alone():
     initial = fresh.timesteps.clone()
     sigma_grid(fresh, 2)
     assert getattr(fresh, "num_inference_steps", None) is None and torch.equal(fresh.timesteps, initial)
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_student_mode(tmp_path):
+    state = guided_hybrid_state(depth=1)
+    selection = [s.name for s in state.candidates]
+    config = RecoveryConfig(objective="mse", steps=1, batch_size=1, samples=1, teacher_steps=2, checkpoint_every=1)
+    Trainer(state.target, state.model, config, tmp_path, selection=selection, progress=False).run()
+    state = guided_hybrid_state(depth=1)
+    distilled = RecoveryConfig(objective="mse", steps=2, batch_size=1, samples=1, teacher_steps=2, checkpoint_every=1,
+                               student_guidance="distilled")
+    with pytest.raises(LinCompressError, match="trained a 'cfg' student; resume with the same student guidance"):
+        Trainer(state.target, state.model, distilled, tmp_path, selection=selection, progress=False).run(resume=True)
