@@ -19,7 +19,10 @@ per step. Also the guided and the unguided teacher's own world scores (same nois
     python benchmarks/guidance.py --targets 0.75 --out benchmarks/results/guidance.json   # merges
 
 Runs already in ``--out`` (same target and mode) are kept unless ``--rerun``; the JSON is
-rewritten after every run. ``--smoke`` is a seconds-long CPU check of the whole script.
+rewritten after every run. Separate runs (e.g. one per target and mode, each well inside
+a 10-minute job) are joined with ``--merge a.json b.json ... --out all.json``, which
+checks they used the same teacher scale and settings. ``--smoke`` is a seconds-long CPU
+check of the whole script.
 """
 
 from __future__ import annotations
@@ -151,6 +154,35 @@ def markdown_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+COMPARABLE = ("steps", "batch_size", "teacher_samples", "teacher_steps", "feature_map", "seed", "eval_samples",
+              "eval_steps", "eval_seed")
+
+
+def merge(paths: list[Path], out: Path) -> dict:
+    """Join result files of separate runs (same teacher scale and settings); later files win per (target, mode)."""
+    from lincompress import atomic
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for path, part in zip(paths, parts):
+        if part.get("guidance_scale") != first.get("guidance_scale"):
+            raise SystemExit(f"{path}: teacher guidance scale {part.get('guidance_scale')} != {first.get('guidance_scale')}")
+        differ = [k for k in COMPARABLE if part["settings"].get(k) != first["settings"].get(k)]
+        if differ:
+            raise SystemExit(f"{path}: setting {differ[0]!r} differs from {paths[0]}; runs are not comparable")
+    runs: dict[tuple, dict] = {}
+    for part in parts:
+        for run in part["runs"]:
+            runs[(run["target_linear"], run["mode"])] = run
+    payload = {**first, "runs": list(runs.values()), "merged_from": [str(p) for p in paths],
+               "teacher_world": next((p["teacher_world"] for p in parts if p.get("teacher_world")), None),
+               "teacher_unguided_world": next((p["teacher_unguided_world"] for p in parts if p.get("teacher_unguided_world")), None),
+               "elapsed_seconds": round(sum(p.get("elapsed_seconds", 0.0) for p in parts), 1)}
+    atomic.write_json(out, payload)
+    print(markdown_table(payload))
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="0.5,0.75")
@@ -171,8 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rerun", action="store_true", help="redo runs already in --out")
     p.add_argument("--max-seconds", type=float, default=float("inf"), help="start no new run after this much wall time")
     p.add_argument("--smoke", action="store_true", help="tiny settings on the CPU: checks the script, measures nothing")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, help="join these result files into --out and stop")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "guidance.json")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.smoke:
         args.targets, args.device = args.targets.split(",")[0], "cpu"
         args.steps, args.batch_size, args.teacher_samples, args.teacher_steps = 1, 1, 1, 2

@@ -80,6 +80,11 @@ class GuidanceConfig:
         return asdict(self)
 
     @classmethod
+    def from_target(cls, target: Any, student: str = "cfg") -> GuidanceConfig:
+        """The record of how ``target``'s teacher samples (its scale and negative prompt), for a ``student`` mode."""
+        return cls(scale=float(target.teacher_guidance_scale), negative_prompt=target.negative_prompt, student=student)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> GuidanceConfig:
         data = dict(data or {})
         unknown = sorted(set(data) - {"scale", "negative_prompt", "student"})

@@ -22,6 +22,15 @@ def test_guidance_config_validates_and_round_trips():
         GuidanceConfig.from_dict({"cfg": 2})
 
 
+def test_the_record_of_a_pipeline_target_is_its_scale_and_negative_prompt():
+    from lincompress.target import target_from_pipeline
+
+    case = PIPELINES["ltx_video"]()
+    target = target_from_pipeline(case.pipe, "ltx", prompts=["a cat"], negative_prompt="blurry",
+                                  prompt_options=case.prompt_options, **case.resolution)
+    assert GuidanceConfig.from_target(target, "distilled") == GuidanceConfig(3.0, "blurry", "distilled")
+
+
 def test_pipeline_kwargs_use_each_familys_cfg_argument():
     wan = PIPELINES["wan"]().pipe
     assert pipeline_call_kwargs(wan, GuidanceConfig(5.0, None, "cfg")) == {"guidance_scale": 5.0, "negative_prompt": ""}

@@ -44,6 +44,15 @@ def test_shapes_guidance_script_trains_and_evaluates_a_distilled_student(tmp_pat
     table = guidance.markdown_table(payload)
     assert "student distilled" in table and "teacher, unguided" in table
 
+    other = dict(payload, runs=[dict(run, mode="cfg")])  # a second file, as from a separate GPU job
+    (tmp_path / "cfg.json").write_text(json.dumps(other))
+    merged = guidance.main(["--merge", str(out), str(tmp_path / "cfg.json"), "--out", str(tmp_path / "all.json")])
+    assert sorted(r["mode"] for r in merged["runs"]) == ["cfg", "distilled"]
+    bad = dict(payload, guidance_scale=3.0)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit, match="guidance scale"):
+        guidance.main(["--merge", str(out), str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.json")])
+
 
 def test_the_written_out_wan_loop_is_wanpipelines_loop():
     import torch
