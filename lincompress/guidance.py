@@ -27,10 +27,10 @@ from lincompress.errors import LinCompressError
 STUDENT_GUIDANCE: tuple[str, ...] = ("cfg", "distilled")
 
 
-def check_guidance_scale(scale: Any, who: str = "guidance_scale") -> float:
-    """A finite scale > 0 (1 = no guidance); one-line error otherwise."""
+def check_guidance_scale(scale: Any, who: str = "guidance_scale", error: type[LinCompressError] = LinCompressError) -> float:
+    """A finite scale > 0 (1 = no guidance); one-line ``error`` otherwise."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise LinCompressError(f"{who} must be a finite number > 0 (1 means no guidance), got {scale!r}")
+        raise error(f"{who} must be a finite number > 0 (1 means no guidance), got {scale!r}")
     return float(scale)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lincompress.errors import LinCompressError, TargetError
+from lincompress.errors import TargetError
+from lincompress.guidance import check_guidance_scale
 from lincompress.pipeline_adapters import Resolution, adapter_for, call_accepts, capture_transformer_inputs
 from lincompress.prompts import PromptConditions, PromptEncoder, PromptNegative, check_prompts, default_prompts, read_prompts
 
@@ -85,7 +85,23 @@ class Target:
             raise TargetError("Target.example_inputs must be a function batch_size -> dict of model kwargs")
         if self.prompt_encoder is not None and not callable(self.prompt_encoder):
             raise TargetError("Target.prompt_encoder must be a function list[str] -> dict of model kwargs")
-        derived = isinstance(self.conditions, PromptConditions)  # made from prompts here: rebuilt on replace()
+        if self.negative_conditions is not None and not callable(self.negative_conditions):
+            raise TargetError("Target.negative_conditions must be a function batch_size -> dict of model kwargs")
+        if self.resolution is not None and not isinstance(self.resolution, Resolution):
+            raise TargetError("Target.resolution must be a lincompress.pipeline_adapters.Resolution")
+        self._wire_prompts()
+        self._wire_negative()
+        if self.guidance_scale is not None:
+            self.guidance_scale = check_guidance_scale(self.guidance_scale, "Target.guidance_scale", TargetError)
+            if self.guidance_scale != 1.0 and self.negative_conditions is None:
+                raise TargetError(
+                    f"Target(guidance_scale={self.guidance_scale:g}) needs an unconditional input for CFG: "
+                    "negative_conditions=fn(batch_size) -> dict of model kwargs, or prompts with a prompt_encoder"
+                )
+
+    def _wire_prompts(self) -> None:
+        """``conditions`` from the prompts (default set with an encoder and no conditions); kept if already made from them."""
+        derived = isinstance(self.conditions, PromptConditions)  # made from prompts: rebuilt when they change
         if self.prompts is not None:
             self.prompts = check_prompts(self.prompts, "Target.prompts")
             if self.prompt_encoder is None:
@@ -93,36 +109,25 @@ class Target:
                                   "(or build() returning a diffusers pipeline, whose encode_prompt is used)")
             if self.conditions is not None and not derived:
                 raise TargetError("give Target either conditions=fn or prompts=[...], not both")
-        if self.prompt_encoder is not None and (self.conditions is None or derived):
-            if self.prompts is None and self.conditions is None:
-                self.prompts = default_prompts()
-            if self.prompts is not None:
-                current = self.conditions
-                if not (derived and current.prompts == list(self.prompts) and current.encoder is self.prompt_encoder):
-                    self.conditions = PromptConditions(self.prompts, self.prompt_encoder)
+        if self.prompt_encoder is None or not (self.conditions is None or derived):
+            return
+        if self.prompts is None:
+            self.prompts = default_prompts()
+        current = self.conditions
+        if not (derived and current.prompts == self.prompts and current.encoder is self.prompt_encoder):
+            self.conditions = PromptConditions(self.prompts, self.prompt_encoder)
+
+    def _wire_negative(self) -> None:
+        """``negative_conditions`` from the (empty by default) negative prompt, when there is an encoder and no fn."""
         if self.negative_prompt is not None and self.prompt_encoder is None:
             raise TargetError("Target(negative_prompt=...) needs prompt_encoder= to encode it; "
                               "or give negative_conditions=fn(batch_size) -> dict of model kwargs")
-        if self.negative_conditions is not None and not callable(self.negative_conditions):
-            raise TargetError("Target.negative_conditions must be a function batch_size -> dict of model kwargs")
-        if isinstance(self.negative_conditions, PromptNegative) or (
-                self.negative_conditions is None and self.prompt_encoder is not None):
-            prompt = self.negative_prompt if self.negative_prompt is not None else ""
-            current = self.negative_conditions
-            if not (isinstance(current, PromptNegative) and current.prompt == prompt and current.encoder is self.prompt_encoder):
-                self.negative_conditions = PromptNegative(prompt, self.prompt_encoder)
-        if self.guidance_scale is not None:
-            scale = self.guidance_scale
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-                raise TargetError(f"Target.guidance_scale must be a finite number > 0 (1: no guidance), got {scale!r}")
-            self.guidance_scale = float(scale)
-            if self.guidance_scale != 1.0 and self.negative_conditions is None:
-                raise TargetError(
-                    f"Target(guidance_scale={scale:g}) needs an unconditional input for CFG: "
-                    "negative_conditions=fn(batch_size) -> dict of model kwargs, or prompts with a prompt_encoder"
-                )
-        if self.resolution is not None and not isinstance(self.resolution, Resolution):
-            raise TargetError("Target.resolution must be a lincompress.pipeline_adapters.Resolution")
+        current = self.negative_conditions
+        if self.prompt_encoder is None or not (current is None or isinstance(current, PromptNegative)):
+            return
+        prompt = self.negative_prompt if self.negative_prompt is not None else ""
+        if not (isinstance(current, PromptNegative) and current.prompt == prompt and current.encoder is self.prompt_encoder):
+            self.negative_conditions = PromptNegative(prompt, self.prompt_encoder)
 
     @property
     def teacher_guidance_scale(self) -> float:
@@ -199,9 +204,7 @@ class TargetOptions:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise TargetError(f"{name} must be a positive integer, got {value!r}")
         if self.guidance_scale is not None:
-            from lincompress.guidance import check_guidance_scale
-
-            object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale))
+            object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale, error=TargetError))
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise TargetError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
 
