@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lincompress.config import Arg, ArgumentError, PassConfig, device_option, option, seed_option
+from lincompress.guidance import STUDENT_GUIDANCE
 from lincompress.selection import target_linear_option
 
 TRAINABLE: tuple[str, ...] = ("all", "attention", "feature_maps")
@@ -59,6 +60,11 @@ class RecoveryConfig(PassConfig):
     eval_points: int = option(16, low=1, help="Cached teacher points for the before/after velocity error.")
     compare_without_recovery: bool = option(
         True, help="Also measure the final selection with untrained weights (a CPU copy).")
+    student_guidance: str = option(
+        "cfg", choices=STUDENT_GUIDANCE,
+        help="cfg: the student keeps classifier-free guidance; distilled: one forward learns the guided teacher.")
+    cfg_batched: bool = option(
+        True, help="Run CFG's two branches as one forward of batch 2B (--no-cfg-batched: two forwards, less memory).")
 
     def check(self) -> None:
         if not self.objective:

@@ -4,14 +4,21 @@ A Target bundles what every pass needs: the denoiser module and a function produ
 the keyword arguments of one forward call. Recovery additionally uses the scheduler,
 the condition source and the latent shape; they are optional here and the recovery
 pass says exactly which one is missing.
+
+Conditions come from ``conditions=fn(batch, generator)`` (hand-written targets) or from
+``prompts`` encoded by a ``prompt_encoder`` (pipeline targets: the pipeline's own
+``encode_prompt``; see ``lincompress.prompts``). Classifier-free guidance of the teacher
+is ``guidance_scale`` with an unconditional input from ``negative_conditions=fn(batch)``
+or the encoded ``negative_prompt``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +27,13 @@ import torch
 from torch import nn
 
 from lincompress.errors import TargetError
+from lincompress.guidance import check_guidance_scale
+from lincompress.pipeline_adapters import Resolution, adapter_for, call_accepts, capture_transformer_inputs
+from lincompress.prompts import PromptConditions, PromptEncoder, PromptNegative, check_prompts, default_prompts, read_prompts
 
 ExampleInputs = Callable[[int], dict[str, Any]]
+Conditions = Callable[[int, torch.Generator], dict[str, Any]]
+NegativeConditions = Callable[[int], dict[str, Any]]
 
 
 @dataclass
@@ -32,27 +44,95 @@ class Target:
     example_inputs: ``fn(batch_size) -> kwargs`` for one forward call.
     scheduler: a diffusers scheduler (flow matching) used by recovery's samplers.
     conditions: ``fn(batch_size, generator) -> kwargs`` with the conditioning inputs
-        (e.g. ``encoder_hidden_states``) for recovery; defaults to example_inputs' non-latent inputs.
+        (e.g. ``encoder_hidden_states``) for recovery; defaults to the encoded ``prompts`` if
+        there are any, else to example_inputs' non-latent inputs.
     latent_shape: per-sample latent shape (C, F, H, W) for recovery's samplers.
     latent_key / timestep_key: which model kwargs carry the latent and the timestep.
     name: a human name for reports.
+    prompts: text prompts to condition recovery on, encoded by ``prompt_encoder``
+        (None with an encoder: the default prompt set shipped with lincompress).
+    prompt_encoder: ``fn(list[str]) -> {model kwarg: [N, ...] tensor}``; an ``identity``
+        attribute (a string) keys its embedding cache, else a probe of its output does.
+    negative_prompt: the prompt of CFG's unconditional branch, encoded by ``prompt_encoder``
+        (None: the empty prompt).
+    negative_conditions: ``fn(batch_size) -> kwargs`` of CFG's unconditional branch (e.g. a
+        null embedding); defaults to the encoded ``negative_prompt`` when there is an encoder.
+    guidance_scale: the teacher's CFG scale S, ``v = v_u + S (v_c - v_u)`` (None: 1, unguided;
+        pipeline targets default to the pipeline's own default).
+    resolution: the pixel size ``latent_shape`` stands for (pipeline targets), with its token count.
     """
 
     model: nn.Module
     example_inputs: ExampleInputs
     scheduler: Any = None
-    conditions: Callable[[int, torch.Generator], dict[str, Any]] | None = None
+    conditions: Conditions | None = None
     latent_shape: tuple[int, ...] | None = None
     latent_key: str = "hidden_states"
     timestep_key: str = "timestep"
     name: str = "model"
     extras: dict[str, Any] = field(default_factory=dict)
+    prompts: Sequence[str] | None = None
+    prompt_encoder: PromptEncoder | None = None
+    negative_prompt: str | None = None
+    negative_conditions: NegativeConditions | None = None
+    guidance_scale: float | None = None
+    resolution: Resolution | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
             raise TargetError(f"Target.model must be a torch.nn.Module, got {type(self.model).__name__}")
         if not callable(self.example_inputs):
             raise TargetError("Target.example_inputs must be a function batch_size -> dict of model kwargs")
+        if self.prompt_encoder is not None and not callable(self.prompt_encoder):
+            raise TargetError("Target.prompt_encoder must be a function list[str] -> dict of model kwargs")
+        if self.negative_conditions is not None and not callable(self.negative_conditions):
+            raise TargetError("Target.negative_conditions must be a function batch_size -> dict of model kwargs")
+        if self.resolution is not None and not isinstance(self.resolution, Resolution):
+            raise TargetError("Target.resolution must be a lincompress.pipeline_adapters.Resolution")
+        self._wire_prompts()
+        self._wire_negative()
+        if self.guidance_scale is not None:
+            self.guidance_scale = check_guidance_scale(self.guidance_scale, "Target.guidance_scale", TargetError)
+            if self.guidance_scale != 1.0 and self.negative_conditions is None:
+                raise TargetError(
+                    f"Target(guidance_scale={self.guidance_scale:g}) needs an unconditional input for CFG: "
+                    "negative_conditions=fn(batch_size) -> dict of model kwargs, or prompts with a prompt_encoder"
+                )
+
+    def _wire_prompts(self) -> None:
+        """``conditions`` from the prompts (default set with an encoder and no conditions); kept if already made from them."""
+        derived = isinstance(self.conditions, PromptConditions)  # made from prompts: rebuilt when they change
+        if self.prompts is not None:
+            self.prompts = check_prompts(self.prompts, "Target.prompts")
+            if self.prompt_encoder is None:
+                raise TargetError("Target(prompts=...) needs prompt_encoder=fn(list[str]) -> dict of model kwargs "
+                                  "(or build() returning a diffusers pipeline, whose encode_prompt is used)")
+            if self.conditions is not None and not derived:
+                raise TargetError("give Target either conditions=fn or prompts=[...], not both")
+        if self.prompt_encoder is None or not (self.conditions is None or derived):
+            return
+        if self.prompts is None:
+            self.prompts = default_prompts()
+        current = self.conditions
+        if not (derived and current.prompts == self.prompts and current.encoder is self.prompt_encoder):
+            self.conditions = PromptConditions(self.prompts, self.prompt_encoder)
+
+    def _wire_negative(self) -> None:
+        """``negative_conditions`` from the (empty by default) negative prompt, when there is an encoder and no fn."""
+        if self.negative_prompt is not None and self.prompt_encoder is None:
+            raise TargetError("Target(negative_prompt=...) needs prompt_encoder= to encode it; "
+                              "or give negative_conditions=fn(batch_size) -> dict of model kwargs")
+        current = self.negative_conditions
+        if self.prompt_encoder is None or not (current is None or isinstance(current, PromptNegative)):
+            return
+        prompt = self.negative_prompt if self.negative_prompt is not None else ""
+        if not (isinstance(current, PromptNegative) and current.prompt == prompt and current.encoder is self.prompt_encoder):
+            self.negative_conditions = PromptNegative(prompt, self.prompt_encoder)
+
+    @property
+    def teacher_guidance_scale(self) -> float:
+        """The CFG scale the teacher samples with (1 when none is set)."""
+        return 1.0 if self.guidance_scale is None else self.guidance_scale
 
     def inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """Example kwargs, validated to be a dict (a common model.py mistake)."""
@@ -63,49 +143,212 @@ class Target:
             )
         return kwargs
 
-
-def _capture_transformer_inputs(pipe: Any) -> dict[str, Any]:
-    """Run a diffusers pipeline for one step and capture its transformer's kwargs."""
-
-    class _Captured(Exception):
-        pass
-
-    captured: dict[str, Any] = {}
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.update(kwargs)
-        raise _Captured
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        pipe(prompt="a video", num_inference_steps=1, output_type="latent")
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise TargetError("could not capture the transformer's inputs from the pipeline; return a Target instead")
-    return {k: v for k, v in captured.items() if k != "return_dict"}
+    def prompt_info(self) -> dict[str, Any] | None:
+        """Identity of the prompt set (what an artifact records): sha256, size; None without prompts."""
+        if not isinstance(self.conditions, PromptConditions):
+            return None
+        return {"sha256": self.conditions.sha256, "size": self.conditions.size}
 
 
-def target_from_pipeline(pipe: Any, name: str = "pipeline") -> Target:
-    """A Target from a diffusers pipeline: its transformer, scheduler, and inputs captured from one call."""
+def prepare_conditions(target: Target, cache_dir: str | Path | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> None:
+    """Encode the target's prompts (and negative prompt) once, through the cache in ``cache_dir`` when given."""
+    if isinstance(target.conditions, PromptConditions):
+        target.conditions.prepare(cache_dir, progress)
+    if isinstance(target.negative_conditions, PromptNegative) and target.teacher_guidance_scale != 1.0:
+        target.negative_conditions.prepare(cache_dir)
+
+
+def resolution_warning(target: Target, flags: bool = False) -> str | None:
+    """A warning when a pipeline target's resolution came from the pipeline's defaults (None otherwise).
+
+    ``flags=True`` names the CLI flags (``--height``...), else the Python arguments.
+    """
+    res = target.resolution
+    if res is None or not res.defaulted:
+        return None
+    names = [f"--{n}" if flags else f"{n}=" for n in res.defaulted]
+    tokens = f" = {res.tokens:,} video tokens per sample" if res.tokens else ""
+    pipeline = target.extras.get("pipeline", "the pipeline")
+    return (f"no {', '.join(names)} given: {target.name} samples at {pipeline}'s default {res.height}x{res.width}, "
+            f"{res.frames} frames{tokens}; recovery at this size is slow, give a smaller "
+            f"{'/'.join(f'--{n}' if flags else n for n in ('height', 'width', 'frames'))} to train faster")
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """What a user states outside model.py (the CLI's ``--prompts --height ...`` flags), applied by ``load_target``.
+
+    prompts / prompts_file: the prompt set (list, or a text file with one per line); not both.
+    negative_prompt / guidance_scale: the teacher's CFG settings.
+    height / width / frames: the resolution of a pipeline target (pixels, frames).
+    max_sequence_length: text tokens per prompt for a pipeline's encoder (None: the pipeline's default).
+    """
+
+    prompts: tuple[str, ...] | None = None
+    prompts_file: str | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    max_sequence_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None and self.prompts_file is not None:
+            raise TargetError("give either prompts or prompts_file, not both")
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", tuple(check_prompts(self.prompts)))
+        for name in ("height", "width", "frames", "max_sequence_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TargetError(f"{name} must be a positive integer, got {value!r}")
+        if self.guidance_scale is not None:
+            object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale, error=TargetError))
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise TargetError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
+
+    def prompt_list(self) -> list[str] | None:
+        if self.prompts_file is not None:
+            return read_prompts(self.prompts_file)
+        return list(self.prompts) if self.prompts is not None else None
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``target_from_pipeline``."""
+        options = {"max_sequence_length": self.max_sequence_length} if self.max_sequence_length else None
+        return {"prompts": self.prompt_list(), "negative_prompt": self.negative_prompt,
+                "guidance_scale": self.guidance_scale, "height": self.height, "width": self.width,
+                "frames": self.frames, "prompt_options": options}
+
+    def apply(self, target: Target) -> Target:
+        """A copy of a hand-written ``target`` with these options (the user's object is left as it is)."""
+        given = [n for n in ("height", "width", "frames", "max_sequence_length") if getattr(self, n) is not None]
+        if given:
+            raise TargetError(f"{given[0]} applies to diffusers pipelines; for a Target, set latent_shape and "
+                              "example_inputs in model.py")
+        changes: dict[str, Any] = {}
+        prompts = self.prompt_list()
+        if prompts is not None:
+            if target.prompt_encoder is None:
+                raise TargetError(f"{target.name} has no prompt_encoder, so prompts cannot condition it; "
+                                  "add Target(prompt_encoder=fn) in model.py or drop the prompts")
+            changes.update(prompts=prompts, conditions=None)  # the prompts replace a conditions fn
+        if self.negative_prompt is not None:
+            changes["negative_prompt"] = self.negative_prompt
+        if self.guidance_scale is not None:
+            changes["guidance_scale"] = self.guidance_scale
+        return dataclasses.replace(target, extras=dict(target.extras), **changes) if changes else target
+
+
+def target_from_pipeline(
+    pipe: Any, name: str = "pipeline", *, prompts: Sequence[str] | None = None, negative_prompt: str | None = None,
+    guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+    frames: int | None = None, prompt_options: dict[str, Any] | None = None,
+) -> Target:
+    """A Target from a diffusers text-to-video pipeline: its transformer, scheduler, prompts and guidance.
+
+    Prompts (default: the shipped prompt set) are encoded by the pipeline's own
+    ``encode_prompt``; the CFG scale defaults to the pipeline's default (Wan 5, CogVideoX 6,
+    LTX 3, HunyuanVideo's ``true_cfg_scale`` 1) and the negative prompt to "". The
+    transformer's inputs are captured at ``height x width x frames`` (each defaulting to
+    the pipeline's; ``resolution_warning`` says so) from a call that stops before the
+    first transformer forward, so no resolution is ever too big to set up.
+    ``prompt_options``: pipeline arguments that shape the encoding (``max_sequence_length``,
+    HunyuanVideo's ``prompt_template``).
+    """
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, nn.Module):
         raise TargetError(f"{type(pipe).__name__} has no .transformer module; return a lincompress.Target from build()")
-    kwargs = _capture_transformer_inputs(pipe)
+    adapter = adapter_for(pipe, prompt_options)
+    default = adapter.default_resolution()
+    given = {"height": height, "width": width, "frames": frames}
+    defaulted = tuple(k for k, v in given.items() if v is None)
+    size = {k: (v if v is not None else default[i]) for i, (k, v) in enumerate(given.items())}
+    Resolution(**size)  # validates the given values
+    call = {"num_inference_steps": 1, "output_type": "latent"}
+    for key, arg in (("height", "height"), ("width", "width"), ("frames", "num_frames")):
+        if call_accepts(pipe, arg):
+            call[arg] = size[key]
+        elif key not in defaulted:
+            raise TargetError(f"{type(pipe).__name__}.__call__ takes no {arg!r}, so {key} cannot be set")
+
+    known = adapter.family != "generic"
+    encoder = _PipelineEncoder(adapter) if known else None
+    if not known and (prompts is not None or negative_prompt is not None or guidance_scale not in (None, 1.0)):
+        adapter.encode([])  # raises: which families are supported, what to do instead
+    holder: dict[str, Target] = {}
+    source = PromptConditions(list(prompts) if prompts is not None else default_prompts(), encoder) if known else None
+    if known:
+        call.update(adapter.embeds_call_kwargs(source.example(1)))
+        call.update(adapter.call_options())
+        if call_accepts(pipe, adapter.cfg_param):
+            call[adapter.cfg_param] = 1.0  # capture the conditional branch alone (batch 1)
+    else:
+        call["prompt"] = "a video"
+    captured = capture_transformer_inputs(pipe, call)
+    latent_key = "hidden_states"
+    latent = captured.get(latent_key)
+    if not isinstance(latent, torch.Tensor):
+        raise TargetError(f"{type(pipe).__name__}'s transformer got no tensor {latent_key!r}; return a Target instead")
+    batch0 = latent.shape[0]
+    skip = {latent_key, "timestep", *(adapter.condition_keys if known else ())}
+    static = {k: v for k, v in captured.items() if k not in skip}
+    timestep = captured.get("timestep")
+
+    def expand(value: Any, batch: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch0:
+            return value[:1].expand(batch, *value.shape[1:]).clone()
+        return value
 
     def example_inputs(batch_size: int) -> dict[str, Any]:
-        return {
-            k: (v.expand(batch_size, *v.shape[1:]).clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
-            for k, v in kwargs.items()
-        }
+        kwargs = {k: expand(v, batch_size) for k, v in static.items()}
+        kwargs[latent_key] = expand(latent, batch_size)
+        if timestep is not None:
+            kwargs["timestep"] = expand(timestep, batch_size)
+        if known:
+            kwargs.update(holder["target"].conditions.example(batch_size))
+        return {**kwargs, "return_dict": False}
 
-    return Target(model=transformer, example_inputs=example_inputs, scheduler=getattr(pipe, "scheduler", None), name=name)
+    latent_shape = tuple(int(s) for s in latent.shape[1:])
+    resolution = Resolution(**size, tokens=adapter.video_tokens(latent_shape), defaulted=defaulted)
+    target = Target(
+        model=transformer, example_inputs=example_inputs, scheduler=getattr(pipe, "scheduler", None),
+        latent_shape=latent_shape, latent_key=latent_key, name=name, resolution=resolution,
+        prompts=source.prompts if known else None, conditions=source, prompt_encoder=encoder,
+        negative_prompt=(negative_prompt if negative_prompt is not None else adapter.default_negative_prompt())
+        if known else None,
+        guidance_scale=(guidance_scale if guidance_scale is not None else adapter.default_guidance_scale())
+        if known else None,
+        extras={"pipeline": type(pipe).__name__, "pipeline_family": adapter.family,
+                "prompt_options": dict(prompt_options or {})},
+    )
+    holder["target"] = target
+    return target
 
 
-def load_target(path: str | Path) -> Target:
-    """Import ``model.py`` and call its ``build()``; every failure is a one-line TargetError."""
+class _PipelineEncoder:
+    """``encoder(prompts)`` through the pipeline's ``encode_prompt``, with an identity for the embedding cache."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = self.adapter.identity()
+        return self._identity
+
+    def __call__(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.adapter.encode(list(prompts))
+
+
+def load_target(path: str | Path, options: TargetOptions | None = None) -> Target:
+    """Import ``model.py`` and call its ``build()``; every failure is a one-line TargetError.
+
+    ``options`` (prompts, guidance, resolution) configure a pipeline that build() returns,
+    or are applied to a copy of the Target it returns.
+    """
     path = Path(path)
     if not path.is_file():
         raise TargetError(f"model file {path} does not exist; pass the path of a model.py that defines build()")
@@ -127,9 +370,9 @@ def load_target(path: str | Path) -> Target:
     except Exception as exc:
         raise TargetError(f"{path}: build() raised {type(exc).__name__}: {exc}") from exc
     if isinstance(built, Target):
-        target = built
+        target = options.apply(built) if options is not None else built
     elif hasattr(built, "transformer") and hasattr(built, "scheduler"):
-        target = target_from_pipeline(built, name=path.parent.name)
+        target = target_from_pipeline(built, name=path.parent.name, **(options.pipeline_kwargs() if options else {}))
     else:
         raise TargetError(
             f"{path}: build() returned {type(built).__name__}; return lincompress.Target(model=..., example_inputs=...) "

@@ -73,3 +73,82 @@ def test_good_model_py_loads_with_name_and_source(repo):
     assert target.name == "tiny-wan"
     assert target.extras["source"].endswith("model.py")
     assert set(target.inputs(2)) >= {"hidden_states", "timestep", "encoder_hidden_states"}
+
+
+# -- prompts, guidance and resolution -------------------------------------------------------------------
+
+
+def _tiny_target(**kwargs):
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    return Target(model=model, example_inputs=lambda b: {"x": torch.zeros(b, 2)}, **kwargs)
+
+
+def _encoder(prompts):
+    import torch
+
+    return {"encoder_hidden_states": torch.tensor([[float(len(p))] for p in prompts])}
+
+
+def test_prompt_and_guidance_fields_are_validated_in_one_line():
+    import torch
+
+    with pytest.raises(TargetError, match=r"Target\(prompts=...\) needs prompt_encoder"):
+        _tiny_target(prompts=["a cat"])
+    with pytest.raises(TargetError, match="either conditions=fn or prompts"):
+        _tiny_target(prompts=["a cat"], prompt_encoder=_encoder, conditions=lambda b, g: {})
+    with pytest.raises(TargetError, match="needs an unconditional input for CFG"):
+        _tiny_target(guidance_scale=5.0, conditions=lambda b, g: {"c": torch.zeros(b, 1)})
+    with pytest.raises(TargetError, match="finite number > 0"):
+        _tiny_target(guidance_scale=float("nan"))
+    with pytest.raises(TargetError, match="negative_prompt=...\\) needs prompt_encoder"):
+        _tiny_target(negative_prompt="blurry")
+    target = _tiny_target(prompt_encoder=_encoder, guidance_scale=3.0)  # no prompts: the shipped default set
+    from lincompress.prompts import default_prompts
+
+    assert target.prompts == default_prompts() and target.prompt_info()["size"] == len(default_prompts())
+    assert target.negative_conditions(2)["encoder_hidden_states"].tolist() == [[0.0], [0.0]]  # the empty prompt
+    assert _tiny_target(guidance_scale=1.0).teacher_guidance_scale == 1.0  # unguided needs no negative
+
+
+def test_target_options_copy_the_users_target_and_refuse_what_does_not_apply(tmp_path):
+    from lincompress.target import TargetOptions
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n# comment\na dog running\n")
+    user = _tiny_target(prompt_encoder=_encoder, prompts=["a bird"])
+    applied = TargetOptions(prompts_file=str(prompts), guidance_scale=2.0, negative_prompt="ugly").apply(user)
+    assert applied is not user and applied.prompts == ["a cat", "a dog running"] and applied.guidance_scale == 2.0
+    assert applied.negative_conditions(1)["encoder_hidden_states"].tolist() == [[4.0]]  # "ugly" encoded
+    assert user.prompts == ["a bird"] and user.guidance_scale is None  # the user's object is untouched
+    with pytest.raises(TargetError, match="height applies to diffusers pipelines"):
+        TargetOptions(height=64).apply(user)
+    with pytest.raises(TargetError, match="has no prompt_encoder"):
+        TargetOptions(prompts=("a cat",)).apply(_tiny_target())
+    with pytest.raises(TargetError, match="either prompts or prompts_file"):
+        TargetOptions(prompts=("a",), prompts_file=str(prompts))
+    with pytest.raises(TargetError, match="width must be a positive integer"):
+        TargetOptions(width=-3)
+
+
+def test_model_py_returning_a_pipeline_gets_prompts_guidance_and_resolution(tmp_path, repo):
+    from lincompress.target import TargetOptions, resolution_warning
+
+    path = _write(tmp_path, f"""
+        import sys
+        sys.path.insert(0, {str(repo / "tests")!r})
+        from pipelines import wan
+
+        def build():
+            return wan().pipe
+    """)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in the snow\na sailboat at sunset\n")
+    options = TargetOptions(prompts_file=str(prompts), guidance_scale=2.5, height=32, width=32, frames=5,
+                            max_sequence_length=8)
+    target = load_target(path, options)
+    assert target.prompts == ["a red fox in the snow", "a sailboat at sunset"] and target.guidance_scale == 2.5
+    assert target.latent_shape == (4, 2, 4, 4) and target.resolution.tokens == 8 and resolution_warning(target) is None
+    assert target.inputs(1)["encoder_hidden_states"].shape == (1, 8, 16)
+    assert target.extras["pipeline"] == "WanPipeline" and target.name == tmp_path.name

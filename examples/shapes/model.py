@@ -3,8 +3,12 @@
 A small diffusers ``WanTransformer3DModel`` (8 layers, 8 M parameters, pixel space,
 512 video tokens) trained by ``train_teacher.py`` with flow matching on the procedural
 world of ``world.py`` (coloured shapes moving in given directions); its weights ship as
-``teacher.safetensors``. ``Target.extras["world"]`` lets ``lincompress eval`` score what
-the samples show (colour, shape, motion) analytically.
+``teacher.safetensors``. Recovery is conditioned on the world's prompts -- its 288
+captions, "a red circle moving east, slow", encoded by ``world.CaptionEncoder`` -- and the
+teacher samples with classifier-free guidance at the scale it was tuned for (its
+metadata; 1, i.e. unguided, for weights trained without condition dropout) against the
+empty prompt. ``Target.extras["world"]`` lets ``lincompress eval`` score what the samples
+show (colour, shape, motion) analytically.
 """
 
 from __future__ import annotations
@@ -42,16 +46,15 @@ teacher = _sibling("teacher")
 def build() -> Target:
     model = teacher.load_teacher()
     shapes_world = world.ShapesWorld()
-
-    def conditions(batch_size: int, generator: torch.Generator) -> dict:
-        return shapes_world.condition_inputs(shapes_world.sample_conditions(batch_size, generator))
+    encoder = world.CaptionEncoder()
 
     def example_inputs(batch_size: int) -> dict:
         g = torch.Generator().manual_seed(0)
+        conditions = shapes_world.condition_inputs(shapes_world.sample_conditions(batch_size, g))
         return {
             "hidden_states": torch.randn(batch_size, *world.LATENT_SHAPE, generator=g),
             "timestep": torch.full((batch_size,), 500.0),
-            **conditions(batch_size, g),
+            **conditions,
             "return_dict": False,
         }
 
@@ -59,8 +62,11 @@ def build() -> Target:
         model=model,
         example_inputs=example_inputs,
         scheduler=teacher.make_scheduler(),
-        conditions=conditions,
         latent_shape=world.LATENT_SHAPE,
+        prompts=[c.describe() for c in world.all_conditions()],
+        prompt_encoder=encoder,
+        negative_prompt="",  # the empty prompt: world.null_embedding()
+        guidance_scale=teacher.guidance_scale(),
         name="shapes-teacher",
         extras={"world": shapes_world},
     )

@@ -6,7 +6,18 @@ As shipped (H100, two stages; see teacher.py for why):
     python examples/shapes/train_teacher.py --init STAGE1/teacher.safetensors --out OUT \
         --seconds 250 --batch 96 --lr 2e-4 --warmup 100
 
-CPU smoke run: ``--out /tmp/t --max-steps 3 --batch 4 --eval-samples 2 --sample-steps 2``.
+Classifier-free guidance (the shipped teacher, a third stage fine-tuned from stage 2):
+
+    python examples/shapes/train_teacher.py --init examples/shapes/teacher.safetensors --out OUT \
+        --cond-dropout 0.1 --seconds 120 --batch 96 --lr 1e-4 --warmup 100 --guidance-sweep 1,1.5,2,3,4,6
+
+``--cond-dropout p`` replaces each clip's condition by the empty prompt's fixed embedding
+(``world.null_embedding()``) with probability p, so the model also learns the
+unconditional velocity. ``--guidance-sweep`` then samples the EMA model with CFG at each
+scale and records the best one above 1 (highest world score, then lowest speed error +
+jitter) as ``guidance_scale`` in the weights' metadata: the scale ``model.py`` samples with.
+
+CPU smoke run: ``--out /tmp/t --max-steps 3 --batch 4 --eval-samples 2 --sample-steps 2 --no-pictures``.
 
 Each step renders a fresh batch of clips from random world conditions (no dataset),
 draws t = shift(u), u ~ U(0, 1), forms x_t = (1 - t) x0 + t eps and regresses the
@@ -79,14 +90,39 @@ def sample_gif(clips: torch.Tensor, path: Path, cols: int = 4, scale: int = 3) -
     images[0].save(path, save_all=True, append_images=images[1:], duration=150, loop=0)
 
 
+def cfg_sample(model: torch.nn.Module, noise: torch.Tensor, conditions: list, steps: int, scale: float,
+               device: torch.device) -> torch.Tensor:
+    """Euler samples; classifier-free guided against the empty prompt when ``scale`` != 1."""
+    null = W.encode_null(len(conditions)).to(device) if scale != 1.0 else None
+    return T.euler_sample(model, noise, W.encode(conditions).to(device), steps, guidance_scale=scale, null_embeddings=null)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, n: int, steps: int, seed: int, device: torch.device) -> dict[str, float]:
-    """World metrics of ``n`` samples (fixed seed) from ``model``."""
+def evaluate(model: torch.nn.Module, n: int, steps: int, seed: int, device: torch.device,
+             scale: float = 1.0) -> dict[str, float]:
+    """World metrics of ``n`` samples (fixed seed) from ``model``, guided at ``scale``."""
     g = torch.Generator().manual_seed(seed)
     conditions = W.sample_conditions(n, g)
     noise = torch.randn(n, *W.LATENT_SHAPE, generator=g).to(device)
-    clips = T.euler_sample(model, noise, W.encode(conditions).to(device), steps)
+    clips = cfg_sample(model, noise, conditions, steps, scale, device)
     return W.summarize(W.score_clips(W.to_frames(clips), conditions))
+
+
+def pick_guidance(sweep: list[dict]) -> float:
+    """The best scale above 1: highest world score, then the lowest speed error + jitter (pixels)."""
+    guided = [r for r in sweep if r["scale"] > 1.0] or sweep
+    best = min(guided, key=lambda r: (-r["world_score"], r["speed_error"] + r["smoothness_px"]))
+    return float(best["scale"])
+
+
+def parse_scales(text: str) -> list[float]:
+    try:
+        scales = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise SystemExit(f"--guidance-sweep {text!r}: give comma-separated numbers, e.g. 1,1.5,2,3") from None
+    if not scales or any(v <= 0 for v in scales):
+        raise SystemExit(f"--guidance-sweep {text!r}: scales must be > 0")
+    return scales
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict) -> None:
@@ -114,7 +150,16 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the transformer blocks (CUDA only)")
     p.add_argument("--plain", action="store_true", help="stage 1: the bare transformer, without coordinate channels")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a --plain run's are expanded)")
+    p.add_argument("--cond-dropout", type=float, default=0.0,
+                   help="probability of training a clip on the empty prompt instead of its condition (learns CFG's unconditional mode)")
+    p.add_argument("--guidance-sweep", default=None,
+                   help="after training, CFG scales to evaluate (e.g. 1,1.5,2,3,4,6); the best one above 1 is recorded")
+    p.add_argument("--sweep-samples", type=int, default=128, help="samples per scale of --guidance-sweep")
+    p.add_argument("--no-pictures", action="store_true", help="skip samples.png / samples.gif (quick smoke runs)")
     args = p.parse_args()
+    if not 0.0 <= args.cond_dropout < 1.0:
+        raise SystemExit(f"--cond-dropout must be in [0, 1), got {args.cond_dropout}")
+    scales = parse_scales(args.guidance_sweep) if args.guidance_sweep else []
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
@@ -150,13 +195,26 @@ def main() -> None:
         "coordinate_channels": not args.plain,
         "shift": T.SHIFT, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
         "params": n_params, "plain": args.plain, "init": str(args.init) if args.init else None, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        "torch": torch.__version__, "cond_dropout": args.cond_dropout,
     }
+    if args.init is not None and args.cond_dropout == 0.0:  # fine-tuning a CFG teacher keeps its unconditional mode
+        from safetensors import safe_open
+
+        with safe_open(str(args.init), framework="pt") as fh:
+            init_meta = fh.metadata() or {}
+        meta["cond_dropout"] = json.loads(init_meta.get("cond_dropout", "0") or "0")
+    if scales and not meta["cond_dropout"]:
+        raise SystemExit("--guidance-sweep needs a model with an unconditional mode: train with --cond-dropout")
     log({"event": "start", **meta, "seconds_budget": args.seconds})
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    null = W.null_embedding().to(device)
+
     def loss_fn(net: torch.nn.Module) -> torch.Tensor:
         x0, emb, _ = W.sample_batch(args.batch, data_gen, device)
+        if args.cond_dropout > 0:  # condition dropout: the empty prompt in place of the condition
+            drop = (torch.rand(args.batch, generator=data_gen) < args.cond_dropout).to(device)
+            emb = torch.where(drop[:, None, None], null.expand_as(emb), emb)
         eps = torch.randn(x0.shape, generator=noise_gen, device=device)
         t = T.shift_t(torch.rand(args.batch, generator=noise_gen, device=device))
         tb = t.view(-1, 1, 1, 1, 1)
@@ -226,19 +284,36 @@ def main() -> None:
             last_eval = time.perf_counter()
 
     train_seconds = time.perf_counter() - start
-    save_weights(ema, args.out / "teacher.safetensors", {**meta, "steps": step, "train_seconds": round(train_seconds, 1)})
+    final_meta = {**meta, "steps": step, "train_seconds": round(train_seconds, 1)}
+    save_weights(ema, args.out / "teacher.safetensors", final_meta)
     metrics = evaluate(ema, args.eval_samples, args.sample_steps, seed=1234, device=device)
     log({"event": "final", "step": step, "train_seconds": round(train_seconds, 1), "sample_steps": args.sample_steps,
-         "eval_samples": args.eval_samples, **{k: round(v, 4) for k, v in metrics.items()}})
+         "eval_samples": args.eval_samples, "guidance_scale": 1.0, **{k: round(v, 4) for k, v in metrics.items()}})
+    scale = 1.0
+    if scales:
+        sweep = []
+        for value in scales:
+            m = evaluate(ema, args.sweep_samples, args.sample_steps, seed=4321, device=device, scale=value)
+            sweep.append({"scale": value, **{k: round(v, 4) for k, v in m.items()}})
+            log({"event": "guidance_sweep", "sample_steps": args.sample_steps, "samples": args.sweep_samples, **sweep[-1]})
+        scale = pick_guidance(sweep)
+        final_meta["guidance_scale"] = scale
+        final_meta["guidance_sweep"] = [{k: r[k] for k in ("scale", "world_score", "speed_error", "smoothness_px", "haze")}
+                                        for r in sweep]
+        save_weights(ema, args.out / "teacher.safetensors", final_meta)
+        log({"event": "guidance_chosen", "guidance_scale": scale})
+    if args.no_pictures:
+        log({"event": "done", "seconds": round(time.perf_counter() - start, 1)})
+        return
     conditions = showcase_conditions()
     g = torch.Generator().manual_seed(7)
     noise = torch.randn(len(conditions), *W.LATENT_SHAPE, generator=g).to(device)
-    clips = T.euler_sample(ema, noise, W.encode(conditions).to(device), args.sample_steps)
+    clips = cfg_sample(ema, noise, conditions, args.sample_steps, scale, device)
     sample_sheet(clips, [c.describe() for c in conditions], args.out / "samples.png")
     g = torch.Generator().manual_seed(8)
     conditions = W.sample_conditions(16, g)
     noise = torch.randn(16, *W.LATENT_SHAPE, generator=g).to(device)
-    sample_gif(T.euler_sample(ema, noise, W.encode(conditions).to(device), args.sample_steps), args.out / "samples.gif")
+    sample_gif(cfg_sample(ema, noise, conditions, args.sample_steps, scale, device), args.out / "samples.gif")
     log({"event": "done", "seconds": round(time.perf_counter() - start, 1)})
 
 

@@ -11,6 +11,13 @@ pixel space). Everything is deterministic given a seed: the embeddings come from
 PCG64 bit stream (whose output NumPy guarantees across versions) through our own
 Box-Muller transform, and scenes come from a seeded ``torch.Generator`` on the CPU.
 
+The *empty prompt* -- the null condition of classifier-free guidance -- is one more fixed
+sequence from the same bit stream (``null_embedding``), not learnt: the teacher learns
+its unconditional mode by seeing it in place of the condition (condition dropout in
+``train_teacher.py``). Captions (``Condition.describe()``) are the world's prompts;
+``CaptionEncoder`` maps them (and the empty prompt) to embeddings, so the world plugs into
+lincompress's prompt-conditioned recovery like a text encoder.
+
 ``score_clips`` measures, analytically from the pixels, whether a clip shows what its
 condition asks for (colour, shape class, motion direction and speed, smooth motion,
 temporal consistency) -- the VBench-style world metrics of ``lincompress eval``.
@@ -32,6 +39,7 @@ CHANNELS = 3
 LATENT_SHAPE = (CHANNELS, FRAMES, SIZE, SIZE)
 TEXT_DIM = 64
 EMBED_SEED = 20251023
+NULL_SEED = EMBED_SEED + 200  # the empty prompt's fixed embedding
 
 SHAPES = ("square", "circle", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -125,6 +133,54 @@ def encode(conditions: list[Condition]) -> torch.Tensor:
     for c in conditions:
         rows.append(torch.stack([_TABLES[name][getattr(c, name)] for name, _ in ATTRIBUTES]))
     return torch.stack(rows) if rows else torch.zeros(0, TEXT_LEN, TEXT_DIM)
+
+
+def null_embedding() -> torch.Tensor:
+    """The empty prompt's embedding, ``(TEXT_LEN, TEXT_DIM)``: fixed (PCG64 stream), entries of about unit RMS."""
+    return _gaussian_table(TEXT_LEN, TEXT_DIM, NULL_SEED)
+
+
+def encode_null(n: int) -> torch.Tensor:
+    """``n`` copies of the empty prompt's embedding, ``(n, TEXT_LEN, TEXT_DIM)``."""
+    return null_embedding()[None].expand(n, -1, -1).clone()
+
+
+def all_conditions() -> list[Condition]:
+    """Every condition of the world (3 x 6 x 8 x 2 = 288), in a fixed order."""
+    return [Condition(shape=s, colour=c, direction=d, speed=v)
+            for s in range(len(SHAPES)) for c in range(len(COLOURS))
+            for d in range(len(DIRECTIONS)) for v in range(len(SPEEDS))]
+
+
+def parse_caption(text: str) -> Condition | None:
+    """``"a red circle moving east, slow"`` -> its Condition; the empty prompt -> None (the null condition)."""
+    words = text.strip().lower().replace(",", " ").split()
+    if not words:
+        return None
+    if len(words) != 6 or words[0] != "a" or words[3] != "moving":
+        raise ValueError(f"{text!r} is not a shapes caption; write e.g. 'a red circle moving north-east, fast'")
+    names = {"colour": words[1], "shape": words[2], "direction": words[4], "speed": words[5]}
+    values = {}
+    for name, options in ATTRIBUTES:
+        if names[name] not in options:
+            raise ValueError(f"{text!r}: unknown {name} {names[name]!r}; choose one of {', '.join(options)}")
+        values[name] = options.index(names[name])
+    return Condition(**values)
+
+
+class CaptionEncoder:
+    """The world's "text encoder": captions -> ``{"encoder_hidden_states": (n, TEXT_LEN, TEXT_DIM)}``.
+
+    The empty prompt encodes to ``null_embedding()``. ``identity`` keys lincompress's
+    embedding cache (the tables are fixed by their seeds).
+    """
+
+    identity = f"shapes-world-captions:{EMBED_SEED}:{NULL_SEED}:{TEXT_LEN}x{TEXT_DIM}"
+
+    def __call__(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        conditions = [parse_caption(p) for p in prompts]
+        rows = [encode_null(1)[0] if c is None else encode([c])[0] for c in conditions]
+        return {"encoder_hidden_states": torch.stack(rows) if rows else torch.zeros(0, TEXT_LEN, TEXT_DIM)}
 
 
 def _sdf(shape: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -314,6 +370,10 @@ class ShapesWorld:
 
     def condition_inputs(self, conditions: list[Condition]) -> dict[str, torch.Tensor]:
         return {"encoder_hidden_states": encode(conditions)}
+
+    def null_inputs(self, n: int) -> dict[str, torch.Tensor]:
+        """The unconditional (empty prompt) inputs of classifier-free guidance."""
+        return {"encoder_hidden_states": encode_null(n)}
 
     def to_frames(self, latents: torch.Tensor) -> torch.Tensor:
         return to_frames(latents)

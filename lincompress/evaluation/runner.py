@@ -8,6 +8,11 @@
 3. The compressed model samples on its own from the same noise; final samples are
    compared (PSNR / SSIM against the teacher) and, with a world, scored analytically.
 
+With classifier-free guidance (the target's ``guidance_scale`` and negative conditions)
+the teacher samples with its guided velocity; the compressed model samples the way it
+was trained (``GuidanceConfig.student``, read from the artifact unless given): ``cfg``
+guided as well (two branches per step), ``distilled`` with one conditional forward.
+
 A *world* is any object with ``sample_conditions(n, generator) -> list``,
 ``condition_inputs(conds) -> model kwargs``, ``to_frames(latents) -> (n, F, H, W, 3) in
 [0, 1]`` and ``score(frames, conds) -> {metric: per-sample values}`` (optionally
@@ -17,6 +22,7 @@ A *world* is any object with ``sample_conditions(n, generator) -> list``,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +37,8 @@ from lincompress.artifacts import apply, read_artifact
 from lincompress.errors import LinCompressError
 from lincompress.evaluation.metrics import psnr, ssim, velocity_errors
 from lincompress.evaluation.visual import comparison_gif, comparison_grid
-from lincompress.recovery.sampling import ConditionSource, ModelCaller, euler_sample, latent_shape, sigma_grid
+from lincompress.guidance import GuidanceConfig, guidance_from_manifest
+from lincompress.recovery.sampling import ConditionSource, Guidance, ModelCaller, euler_sample, latent_shape, sigma_grid
 from lincompress.target import Target
 
 RESULTS_JSON = "eval.json"
@@ -70,7 +77,8 @@ def latents_to_frames(latents: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 
 class _Evaluation:
-    def __init__(self, target: Target, teacher: nn.Module, student: nn.Module, steps: int, device: torch.device) -> None:
+    def __init__(self, target: Target, teacher: nn.Module, student: nn.Module, steps: int, device: torch.device,
+                 guidance: Guidance | None = None) -> None:
         if target.scheduler is None:
             raise LinCompressError(
                 "eval samples with the model's scheduler: add `scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=...)` "
@@ -83,10 +91,17 @@ class _Evaluation:
         scheduler = copy.deepcopy(target.scheduler)
         self.sigmas = sigma_grid(scheduler, steps)
         self.caller = ModelCaller(target, scheduler)
+        self.guidance = guidance if guidance is not None else Guidance(target)
+
+    def _forward(self, model: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        return self.caller(model, x, sigma, cond).float()
 
     def velocity(self, model: nn.Module, cond: dict[str, Tensor]):
+        """The sampler velocity: the teacher's guided one, the student's as its guidance mode says."""
+        guided = self.guidance.teacher if model is self.teacher else self.guidance.student_velocity
+
         def fn(x: Tensor, sigma: Tensor) -> Tensor:
-            return self.caller(model, x, sigma, cond).float()
+            return guided(self._forward, model, x, sigma, cond)
 
         return fn
 
@@ -123,17 +138,22 @@ class _Evaluation:
 def evaluate(
     target: Target, artifact: str | Path, *, samples: int = 4, steps: int = 10, seed: int = 0,
     batch_size: int = 4, device: str | torch.device = "cpu", out_dir: str | Path | None = None,
-    pictures: bool = True,
+    pictures: bool = True, guidance: GuidanceConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``artifact`` (applied to a copy of ``target.model``) against ``target.model``.
 
-    Writes ``eval.json``, ``eval.md``, ``eval_grid.png`` and ``eval.gif`` into ``out_dir``
-    (default: the artifact directory) and returns the results dict.
+    ``guidance``: the CFG settings (scale: overrides the target's; student mode); default:
+    what the artifact records. Writes ``eval.json``, ``eval.md``, ``eval_grid.png`` and
+    ``eval.gif`` into ``out_dir`` (default: the artifact directory) and returns the results dict.
     """
     if samples < 1 or steps < 1 or batch_size < 1:
         raise LinCompressError("--samples, --steps and --batch-size must be at least 1")
     artifact = Path(artifact)
     manifest = read_artifact(artifact).manifest
+    guidance = guidance if guidance is not None else guidance_from_manifest(manifest)
+    if guidance.scale is not None and guidance.scale != target.teacher_guidance_scale:
+        target = dataclasses.replace(target, guidance_scale=guidance.scale, extras=dict(target.extras))
+    sampler_guidance = Guidance(target, guidance.student)
     device = torch.device(device)
     teacher = target.model.eval()
     student = apply(copy.deepcopy(teacher), artifact).eval()
@@ -151,7 +171,7 @@ def evaluate(
         cond_all = ConditionSource(target)(samples, generator)
     noise_all = torch.randn(samples, *shape, generator=generator)
 
-    ev = _Evaluation(target, teacher, student, steps, device)
+    ev = _Evaluation(target, teacher, student, steps, device, sampler_guidance)
     teacher_out, student_out, steps_err = [], [], []
     t_seconds = s_seconds = 0.0
     for lo in range(0, samples, batch_size):
@@ -198,7 +218,11 @@ def evaluate(
         "num_candidates": manifest.get("num_candidates"),
         "settings": {"samples": samples, "steps": steps, "seed": seed, "batch_size": batch_size, "device": str(device),
                      "sampler": "euler flow matching over the target scheduler's sigmas",
-                     "scheduler": type(target.scheduler).__name__},
+                     "scheduler": type(target.scheduler).__name__,
+                     "guidance": {"scale": sampler_guidance.scale if sampler_guidance.active else 1.0,
+                                  "student": sampler_guidance.student,
+                                  "teacher_forwards_per_step": 2 if sampler_guidance.active else 1,
+                                  "student_forwards_per_step": sampler_guidance.forwards_per_step}},
         "fidelity": {
             "psnr_db": _mean(psnr_v.tolist()),
             "ssim": _mean(ssim_v.tolist()) if ssim_v is not None else None,
@@ -245,6 +269,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _guidance_line(g: dict[str, Any] | None) -> str:
+    if not g or g.get("scale", 1.0) == 1.0:
+        return "No classifier-free guidance (scale 1)."
+    how = ("keeps CFG (2 denoiser forwards per step)" if g["student"] == "cfg"
+           else "is guidance-distilled (1 denoiser forward per step)")
+    return f"Teacher guided with CFG scale {g['scale']:g} (2 forwards per step); the compressed model {how}."
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     s = results["settings"]
     fid = results["fidelity"]
@@ -255,6 +287,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"sites linear ({', '.join(results['selection'] or []) or 'none'}).",
         f"{s['samples']} samples, {s['steps']} Euler flow-matching steps, seed {s['seed']}, device {s['device']}; "
         "teacher and compressed model start from the same noise and conditions.",
+        _guidance_line(s.get("guidance")),
         "",
         "## Fidelity to the teacher",
         "",

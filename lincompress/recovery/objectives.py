@@ -8,6 +8,13 @@
 * ``mse``: match teacher velocities at cached teacher trajectory points.
 * ``fm``: flow-matching loss on cached teacher samples (fresh noise and t).
 
+Classifier-free guidance (``ctx.guidance``, the target's scale and negative conditions):
+the teacher's velocity is always the guided one, ``ctx.teacher_velocity``. The student
+either keeps CFG (``cfg``: its conditional and unconditional predictions are trained
+against the teacher's, ``ctx.student_branches``) or is guidance-distilled
+(``distilled``: its one conditional forward learns the guided teacher velocity). Without
+guidance both modes are the plain single-forward objective.
+
 Adding an objective is one class with ``name``, ``needs_teacher_data`` and ``loss``,
 registered in ``OBJECTIVES``.
 """
@@ -22,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lincompress.errors import LinCompressError
-from lincompress.recovery.sampling import ConditionSource, ModelCaller, euler_sample, expand_sigma, sample_sigmas
+from lincompress.recovery.sampling import ConditionSource, Guidance, ModelCaller, euler_sample, expand_sigma, sample_sigmas
 from lincompress.recovery.teacher_data import TeacherData
 
 
@@ -41,10 +48,43 @@ class Context:
     device: torch.device
     autocast: bool = False
     data: TeacherData | None = None
+    guidance: Guidance | None = None  # None: unguided
 
     def velocity(self, model: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """One forward of ``model`` on the given inputs (no guidance)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.caller(model, x, sigma, cond).float()
+
+    @property
+    def guided(self) -> bool:
+        """Does the teacher sample with CFG?"""
+        return self.guidance is not None and self.guidance.active
+
+    @property
+    def student_cfg(self) -> bool:
+        """Does the student keep CFG (two branches trained, a guided sampler)?"""
+        return self.guidance is not None and self.guidance.student_guided
+
+    def teacher_velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """The teacher's guided velocity ``v_u + S (v_c - v_u)`` (its conditional one without guidance)."""
+        if not self.guided:
+            return self.velocity(self.teacher, x, sigma, cond)
+        return self.guidance.teacher(self.velocity, self.teacher, x, sigma, cond)
+
+    def teacher_branches(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.guidance.branches(self.velocity, self.teacher, x, sigma, cond)
+
+    def student_branches(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.guidance.branches(self.velocity, self.student, x, sigma, cond)
+
+    def student_velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """What the student's sampler integrates at inference: guided for ``cfg``, one forward for ``distilled``."""
+        if self.guidance is None:
+            return self.velocity(self.student, x, sigma, cond)
+        return self.guidance.student_velocity(self.velocity, self.student, x, sigma, cond)
+
+    def combine(self, v_cond: Tensor, v_uncond: Tensor) -> Tensor:
+        return self.guidance.combine(v_cond, v_uncond)
 
     def to_device(self, *tensors: Tensor) -> list[Tensor]:
         return [t.to(self.device) for t in tensors]
@@ -85,11 +125,25 @@ class MSE(Objective):
     needs_teacher_data: ClassVar[bool] = True
 
     def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
-        x, sigma, v_t, cond = _require_data(ctx, self.name).points(batch, ctx.generator)
+        data = _require_data(ctx, self.name)
+        if ctx.student_cfg:
+            loss = branch_regression(ctx, data, batch)
+            return loss, {"mse": loss.item()}
+        x, sigma, v_t, cond = data.points(batch, ctx.generator)
         x, sigma, v_t = ctx.to_device(x, sigma, v_t)
         v_s = ctx.velocity(ctx.student, x, sigma, {k: c.to(ctx.device) for k, c in cond.items()})
         loss = F.mse_loss(v_s, v_t)
         return loss, {"mse": loss.item()}
+
+
+def branch_regression(ctx: Context, data: TeacherData, batch: int) -> Tensor:
+    """A CFG student's velocity regression: both branches against the teacher's cached ones (mean of the two MSEs)."""
+    if not data.guided:
+        raise LinCompressError("the teacher trajectories hold no CFG branches; rebuild them with guidance (delete the cache)")
+    x, sigma, v_c, v_u, cond = data.branch_points(batch, ctx.generator)
+    x, sigma, v_c, v_u = ctx.to_device(x, sigma, v_c, v_u)
+    s_c, s_u = ctx.student_branches(x, sigma, {k: c.to(ctx.device) for k, c in cond.items()})
+    return 0.5 * (F.mse_loss(s_c, v_c) + F.mse_loss(s_u, v_u))
 
 
 @dataclass
@@ -107,7 +161,17 @@ class FlowMatching(Objective):
         sigma = sample_sigmas(batch, ctx.shift, ctx.generator).to(ctx.device)
         s = expand_sigma(sigma, x0)
         x_t = (1 - s) * x0 + s * eps
-        v_s = ctx.velocity(ctx.student, x_t, sigma, {k: c.to(ctx.device) for k, c in data.cond_at(index).items()})
+        cond = {k: c.to(ctx.device) for k, c in data.cond_at(index).items()}
+        if ctx.student_cfg:
+            # the guided combination learns the (guided) teacher samples; the unconditional branch is
+            # anchored to the teacher's, which fixes how the combination splits into two branches
+            s_c, s_u = ctx.student_branches(x_t, sigma, cond)
+            with torch.no_grad():
+                _, t_u = ctx.teacher_branches(x_t, sigma, cond)
+            fm = F.mse_loss(ctx.combine(s_c, s_u), eps - x0)
+            anchor = F.mse_loss(s_u, t_u)
+            return fm + anchor, {"fm": fm.item(), "uncond": anchor.item()}
+        v_s = ctx.velocity(ctx.student, x_t, sigma, cond)
         loss = F.mse_loss(v_s, eps - x0)
         return loss, {"fm": loss.item()}
 
@@ -179,7 +243,7 @@ class ADM(Objective):
         free = max(0, stop - self.grad_steps)
 
         def velocity(x: Tensor, sigma: Tensor) -> Tensor:
-            return ctx.velocity(ctx.student, x, sigma, cond)
+            return ctx.student_velocity(x, sigma, cond)  # guided for a CFG student, one forward when distilled
 
         with torch.no_grad():
             x = euler_sample(velocity, noise, sigmas, stop=free)
@@ -208,26 +272,41 @@ class ADM(Objective):
     def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
         x_t, t, cond = self.student_sample(ctx, batch)
         x_in = x_t.detach()
+        cfg = ctx.student_cfg
         with torch.no_grad():
-            v_t = ctx.velocity(ctx.teacher, x_in, t, cond)
-        if self.onpolicy > 0:  # one student forward serves both terms
-            v_s_grad = ctx.velocity(ctx.student, x_in, t, cond)
-            v_s = v_s_grad.detach()
-        else:
-            with torch.no_grad():
-                v_s = ctx.velocity(ctx.student, x_in, t, cond)
+            if cfg:
+                t_c, t_u = ctx.teacher_branches(x_in, t, cond)
+                v_t = ctx.combine(t_c, t_u)
+            else:
+                v_t = ctx.teacher_velocity(x_in, t, cond)
+        grad = self.onpolicy > 0  # one student forward (per branch) serves both terms
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            if cfg:
+                s_c, s_u = ctx.student_branches(x_in, t, cond)
+                v_s_grad = ctx.combine(s_c, s_u)
+            else:
+                v_s_grad = ctx.velocity(ctx.student, x_in, t, cond)
+        v_s = v_s_grad.detach()
         g = self.update(v_s, v_t, t)
         target = (x_t - g).detach()
         dm = 0.5 * F.mse_loss(x_t, target, reduction="sum") / batch / x_t[0].numel()
         logs = {"adm": dm.item(), "velocity_gap": F.mse_loss(v_s, v_t).item(), "t": float(t.float().mean())}
         loss = self.dm_weight * dm
         if self.onpolicy > 0:
-            loss = loss + self.onpolicy * F.mse_loss(v_s_grad, v_t)
+            if cfg:  # each branch against the teacher's
+                onpolicy = 0.5 * (F.mse_loss(s_c, t_c) + F.mse_loss(s_u, t_u))
+            else:  # the (distilled) conditional forward against the guided teacher
+                onpolicy = F.mse_loss(v_s_grad, v_t)
+            loss = loss + self.onpolicy * onpolicy
         weight = self.regression_weight(ctx)
         if weight > 0:
-            x, sigma, v_ref, c = _require_data(ctx, "adm regression").points(batch, ctx.generator)
-            x, sigma, v_ref = ctx.to_device(x, sigma, v_ref)
-            reg = F.mse_loss(ctx.velocity(ctx.student, x, sigma, {k: v.to(ctx.device) for k, v in c.items()}), v_ref)
+            data = _require_data(ctx, "adm regression")
+            if cfg:
+                reg = branch_regression(ctx, data, batch)
+            else:
+                x, sigma, v_ref, c = data.points(batch, ctx.generator)
+                x, sigma, v_ref = ctx.to_device(x, sigma, v_ref)
+                reg = F.mse_loss(ctx.velocity(ctx.student, x, sigma, {k: v.to(ctx.device) for k, v in c.items()}), v_ref)
             loss = loss + weight * reg
             logs["regression"] = reg.item()
         return loss, logs

@@ -13,6 +13,7 @@ through the student's last step.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -61,10 +62,14 @@ def timestep_shift(scheduler: Any) -> float:
 
 
 def sigma_grid(scheduler: Any, steps: int) -> Tensor:
-    """``steps + 1`` decreasing sigmas from the scheduler (last one 0), as float32 on CPU."""
+    """``steps + 1`` decreasing sigmas from the scheduler (last one 0), as float32 on CPU.
+
+    Works on a copy: ``set_timesteps`` changes a scheduler's state, and the scheduler is the user's.
+    """
     check_flow_scheduler(scheduler)
     if steps < 1:
         raise ValueError(f"a sampler needs at least one step, got {steps}")
+    scheduler = copy.deepcopy(scheduler)
     try:
         scheduler.set_timesteps(steps)
     except ValueError as exc:  # dynamic shifting (Flux-style) needs mu
@@ -164,6 +169,88 @@ class ModelCaller:
         elif not isinstance(out, Tensor) and hasattr(out, "sample"):
             out = out.sample
         return out
+
+
+Velocity = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], Tensor]
+
+
+class Guidance:
+    """Classifier-free guidance as the target's pipeline samples: ``v = v_u + S (v_c - v_u)``.
+
+    The one place guided velocities are computed, for the teacher (trajectories, every
+    objective, eval) and for a student that keeps CFG. ``scale`` is the target's
+    ``guidance_scale`` and the unconditional inputs are ``target.negative_conditions``
+    (merged over the conditional ones, so keys it does not name are shared). The two
+    branches run as one forward of batch 2B when their inputs stack (``batched``), else
+    as two forwards. With scale 1 or no unconditional input, guidance is inactive and
+    every method is a single conditional forward.
+
+    student: ``"cfg"`` (the student's sampler is guided too) or ``"distilled"`` (the
+    student's single conditional forward stands for the guided velocity).
+    """
+
+    def __init__(self, target: Target, student: str = "cfg", batched: bool = True) -> None:
+        from lincompress.guidance import check_student_guidance
+
+        self.scale = float(target.teacher_guidance_scale)
+        self.negative = target.negative_conditions
+        self.student = check_student_guidance(student)
+        self.batched = batched
+
+    @property
+    def active(self) -> bool:
+        return self.scale != 1.0 and self.negative is not None
+
+    @property
+    def student_guided(self) -> bool:
+        """Does the student's own sampler combine two branches?"""
+        return self.active and self.student == "cfg"
+
+    def uncond(self, cond: dict[str, Tensor], batch: int, device: torch.device) -> dict[str, Tensor]:
+        negative = self.negative(batch) if self.negative is not None else {}
+        if not isinstance(negative, dict):
+            raise TargetError(f"Target.negative_conditions returned {type(negative).__name__}; return a dict of model kwargs")
+        bad = [k for k, v in negative.items() if not isinstance(v, Tensor) or v.dim() == 0 or v.shape[0] != batch]
+        if bad:
+            raise TargetError(f"negative condition {bad[0]!r} is not a batch-first tensor of batch size {batch}")
+        return {**cond, **{k: v.to(device) for k, v in negative.items()}}
+
+    def combine(self, v_cond: Tensor, v_uncond: Tensor) -> Tensor:
+        return v_uncond + self.scale * (v_cond - v_uncond)
+
+    def branches(self, velocity: Velocity, model: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]
+                 ) -> tuple[Tensor, Tensor]:
+        """(v_cond, v_uncond) of ``model`` at x: one forward of 2B when the inputs stack, else two."""
+        batch = x.shape[0]
+        uncond = self.uncond(cond, batch, x.device)
+        sigma = sigma.reshape(-1).expand(batch) if sigma.numel() in (1, batch) else sigma
+        stackable = self.batched and all(
+            cond[k].shape[1:] == uncond[k].shape[1:] and cond[k].dtype == uncond[k].dtype for k in cond)
+        if stackable and set(uncond) == set(cond):
+            both = {k: torch.cat([cond[k].to(x.device), uncond[k].to(x.device)]) for k in cond}
+            v = velocity(model, torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+            return v[:batch], v[batch:]
+        return velocity(model, x, sigma, cond), velocity(model, x, sigma, uncond)
+
+    def teacher(self, velocity: Velocity, model: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """The guided velocity (the plain conditional one when guidance is inactive)."""
+        if not self.active:
+            return velocity(model, x, sigma, cond)
+        return self.combine(*self.branches(velocity, model, x, sigma, cond))
+
+    def student_velocity(self, velocity: Velocity, model: nn.Module, x: Tensor, sigma: Tensor,
+                         cond: dict[str, Tensor]) -> Tensor:
+        """What the student's sampler integrates: guided for ``cfg``, one conditional forward for ``distilled``."""
+        if self.student_guided:
+            return self.combine(*self.branches(velocity, model, x, sigma, cond))
+        return velocity(model, x, sigma, cond)
+
+    @property
+    def forwards_per_step(self) -> int:
+        return 2 if self.student_guided else 1
+
+    def settings(self) -> dict[str, Any]:
+        return {"scale": self.scale, "active": self.active, "student": self.student, "batched": self.batched}
 
 
 def expand_sigma(sigma: Tensor, like: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 
 Each shard holds ``shard_size`` samples: the noise, the conditions, every visited
 point ``x_t`` of the teacher's Euler sampler with its sigma and teacher velocity, and
-the final sample. Shards are safetensors; ``manifest.json`` lists the finished ones
+the final sample. With classifier-free guidance the sampler integrates the guided
+velocity ``v`` and the shard also keeps the two branches (``v_cond``, ``v_uncond``), which
+a student that keeps CFG is trained on. Shards are safetensors; ``manifest.json`` lists the finished ones
 and the settings they were made with. Both are written atomically, so an
 interrupted run leaves only complete shards, and a re-run reuses them (shard i is
 always generated from seed + i, so the cache does not depend on where it stopped).
@@ -22,11 +24,12 @@ from torch import Tensor, nn
 from lincompress import atomic
 from lincompress.errors import LinCompressError
 from lincompress.fingerprint import model_fingerprint
-from lincompress.recovery.sampling import ConditionSource, ModelCaller, euler_sample, latent_shape, sigma_grid
+from lincompress.prompts import tensors_hash
+from lincompress.recovery.sampling import ConditionSource, Guidance, ModelCaller, euler_sample, latent_shape, sigma_grid
 from lincompress.target import Target
 
 MANIFEST = "manifest.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -39,6 +42,12 @@ class TeacherData:
     v: Tensor  # [S, T, *latent]: teacher velocity there
     sigmas: Tensor  # [T]
     cond: dict[str, Tensor]  # [S, ...]
+    v_cond: Tensor | None = None  # [S, T, *latent]: the conditional branch (guided caches only)
+    v_uncond: Tensor | None = None  # [S, T, *latent]: the unconditional branch
+
+    @property
+    def guided(self) -> bool:
+        return self.v_cond is not None and self.v_uncond is not None
 
     @property
     def num_samples(self) -> int:
@@ -51,11 +60,23 @@ class TeacherData:
     def cond_at(self, index: Tensor) -> dict[str, Tensor]:
         return {k: v[index] for k, v in self.cond.items()}
 
-    def points(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """A random batch of trajectory points: (x_t, sigma, v_teacher, cond)."""
+    def _draw(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         s = torch.randint(self.num_samples, (batch,), generator=generator)
         t = torch.randint(self.num_points, (batch,), generator=generator)
+        return s, t
+
+    def points(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """A random batch of trajectory points: (x_t, sigma, v_teacher, cond); v_teacher is the guided velocity."""
+        s, t = self._draw(batch, generator)
         return self.x[s, t], self.sigmas[t], self.v[s, t], self.cond_at(s)
+
+    def branch_points(self, batch: int, generator: torch.Generator
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Like ``points`` (same draws) with the two branches: (x_t, sigma, v_cond, v_uncond, cond)."""
+        if not self.guided:
+            raise LinCompressError("these teacher trajectories were made without guidance; they hold no CFG branches")
+        s, t = self._draw(batch, generator)
+        return self.x[s, t], self.sigmas[t], self.v_cond[s, t], self.v_uncond[s, t], self.cond_at(s)
 
     def eval_points(self, limit: int) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """A fixed set of points (every step of the first samples), for before/after comparisons."""
@@ -65,7 +86,20 @@ class TeacherData:
         return self.x[s, t], self.sigmas[t], self.v[s, t], self.cond_at(s)
 
 
-def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int) -> dict[str, Any]:
+def conditions_key(target: Target, guidance: Guidance, seed: int) -> str:
+    """Identity of what the trajectories are conditioned on: a probe draw of the conditions (+ the negative ones).
+
+    A changed prompt set, encoder or condition function changes the draw, so a cache made
+    for other conditions is never reused.
+    """
+    probe = ConditionSource(target)(2, torch.Generator().manual_seed(seed))
+    if guidance.active:
+        probe = {**probe, **{f"negative.{k}": v for k, v in guidance.uncond({}, 2, torch.device("cpu")).items()}}
+    return tensors_hash(probe)[:24]
+
+
+def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int, guidance: Guidance
+              ) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
         "teacher": model_fingerprint(teacher),
@@ -74,6 +108,8 @@ def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, s
         "shard_size": shard_size,
         "seed": seed,
         "sigmas": [round(float(s), 6) for s in sigma_grid(target.scheduler, steps)],
+        "guidance_scale": guidance.scale if guidance.active else 1.0,
+        "conditions": conditions_key(target, guidance, seed),
     }
 
 
@@ -87,17 +123,26 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
 
 @torch.no_grad()
 def _make_shard(
-    teacher: nn.Module, caller: ModelCaller, conditions: ConditionSource, shape: tuple[int, ...], sigmas: Tensor,
-    count: int, seed: int, device: torch.device, autocast: bool,
+    teacher: nn.Module, caller: ModelCaller, conditions: ConditionSource, guidance: Guidance, shape: tuple[int, ...],
+    sigmas: Tensor, count: int, seed: int, device: torch.device, autocast: bool,
 ) -> dict[str, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     cond = conditions(count, gen)
     noise = torch.randn(count, *shape, generator=gen)
-    xs, vs = [], []
+    cond_dev = {k: v.to(device) for k, v in cond.items()}
+    xs, vs, vcs, vus = [], [], [], []
+
+    def forward(model: nn.Module, x: Tensor, sigma: Tensor, c: dict[str, Tensor]) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            return caller(model, x, sigma, c).float()
 
     def velocity(x: Tensor, sigma: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            return caller(teacher, x, sigma, cond).float()
+        if not guidance.active:
+            return forward(teacher, x, sigma, cond_dev)
+        v_c, v_u = guidance.branches(forward, teacher, x, sigma, cond_dev)
+        vcs.append(v_c.float().cpu())
+        vus.append(v_u.float().cpu())
+        return guidance.combine(v_c, v_u)
 
     def record(i: int, x: Tensor, sigma: Tensor, v: Tensor) -> None:
         xs.append(x.float().cpu())
@@ -106,6 +151,8 @@ def _make_shard(
     sample = euler_sample(velocity, noise.to(device), sigmas.to(device), on_step=record)
     shard = {"noise": noise, "sample": sample.float().cpu(), "x": torch.stack(xs, 1), "v": torch.stack(vs, 1),
              "sigmas": sigmas[:-1].clone()}
+    if guidance.active:
+        shard.update({"v_cond": torch.stack(vcs, 1), "v_uncond": torch.stack(vus, 1)})
     shard.update({f"cond.{k}": v.detach().cpu() for k, v in cond.items()})
     return shard
 
@@ -113,17 +160,20 @@ def _make_shard(
 def build_teacher_cache(
     target: Target, teacher: nn.Module, cache_dir: str | Path, samples: int, steps: int = 8, shard_size: int = 4,
     seed: int = 0, device: str | torch.device = "cpu", autocast: bool = False, progress: Any = None,
+    guidance: Guidance | None = None,
 ) -> Path:
     """Generate (or finish) ``samples`` teacher trajectories under ``cache_dir``; returns the manifest path.
 
-    A manifest made with other settings (teacher weights, steps, latent shape...) is
-    not reused: the cache starts over, so stale trajectories never train a model.
+    ``guidance`` (default: the target's own, ``Guidance(target)``) makes them guided.
+    A manifest made with other settings (teacher weights, steps, latent shape, guidance,
+    conditions...) is not reused: the cache starts over, so stale trajectories never train a model.
     """
     if samples < 1:
         raise LinCompressError(f"--samples must be at least 1 to build teacher data, got {samples}")
     cache_dir = Path(cache_dir)
     device = torch.device(device)
-    settings = _settings(target, teacher, steps, shard_size, seed)
+    guidance = guidance if guidance is not None else Guidance(target)
+    settings = _settings(target, teacher, steps, shard_size, seed, guidance)
     manifest_path = cache_dir / MANIFEST
     manifest = _read_manifest(manifest_path)
     shards: list[dict[str, Any]] = []
@@ -139,7 +189,7 @@ def build_teacher_cache(
         if index in done and next(s for s in shards if s["index"] == index)["samples"] == count:
             continue
         shards = [s for s in shards if s["index"] != index]
-        tensors = _make_shard(teacher, caller, conditions, shape, sigmas, count, seed + index, device, autocast)
+        tensors = _make_shard(teacher, caller, conditions, guidance, shape, sigmas, count, seed + index, device, autocast)
         name = f"shard-{index:05d}.safetensors"
         atomic.write_safetensors(cache_dir / name, tensors, {"format": "lincompress-teacher"})
         shards.append({"index": index, "file": name, "samples": count})
@@ -167,4 +217,5 @@ def load_teacher_cache(cache_dir: str | Path, samples: int | None = None) -> Tea
     if samples is not None:
         cat = {k: v[:samples] for k, v in cat.items()}
     cond = {k.split(".", 1)[1]: v for k, v in cat.items() if k.startswith("cond.")}
-    return TeacherData(cat["noise"], cat["sample"], cat["x"], cat["v"], parts[0]["sigmas"], cond)
+    return TeacherData(cat["noise"], cat["sample"], cat["x"], cat["v"], parts[0]["sigmas"], cond,
+                       cat.get("v_cond"), cat.get("v_uncond"))

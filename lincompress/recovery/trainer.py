@@ -33,12 +33,12 @@ from lincompress.recovery.objectives import Context, Objective, make_objective
 from lincompress.recovery.progress import MetricsLog, TrainingProgress
 from lincompress.recovery.report import write_report
 from lincompress.recovery.sampling import (
-    ConditionSource, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
+    ConditionSource, Guidance, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
 )
 from lincompress.recovery.selective import SelectiveRegularizer
 from lincompress.recovery.teacher_data import TeacherData, build_teacher_cache, load_teacher_cache
 from lincompress.recovery_config import TRAINABLE, RecoveryConfig, SelectiveConfig
-from lincompress.target import Target
+from lincompress.target import Target, prepare_conditions
 
 __all__ = ["TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryResult", "Trainer", "TrainingInterrupted",
            "resolve_device"]
@@ -170,8 +170,26 @@ class Trainer:
                 console.print(f"teacher trajectories: shard {done}/{total}")
 
         build_teacher_cache(self.target, self.teacher, cache, cfg.samples, cfg.teacher_steps, cfg.shard_size,
-                            cfg.seed, self.device, self.autocast, progress=report)
+                            cfg.seed, self.device, self.autocast, progress=report, guidance=self.guidance)
         return load_teacher_cache(cache, cfg.samples)
+
+    @property
+    def guidance(self) -> Guidance:
+        """The target's CFG (scale, negative conditions) with this run's student mode; prompts encoded once, cached."""
+        if getattr(self, "_guidance", None) is None:
+            console = None
+            if self.show_progress:
+                from rich.console import Console
+
+                console = Console(stderr=True)
+
+            def report(done: int, total: int) -> None:
+                if console is not None and total > 1:
+                    console.print(f"encoding prompts: chunk {done}/{total}")
+
+            prepare_conditions(self.target, self.work_dir / "prompts", progress=report)
+            self._guidance = Guidance(self.target, self.config.student_guidance, self.config.cfg_batched)
+        return self._guidance
 
     def _context(self, data: TeacherData | None) -> Context:
         steps = getattr(self.objective, "sampler_steps", 4)
@@ -179,7 +197,7 @@ class Trainer:
             student=self.student, teacher=self.teacher, caller=ModelCaller(self.target, self.target.scheduler),
             conditions=ConditionSource(self.target), latent_shape=latent_shape(self.target),
             shift=timestep_shift(self.target.scheduler), student_sigmas=sigma_grid(self.target.scheduler, steps),
-            generator=self.generator, device=self.device, autocast=self.autocast, data=data,
+            generator=self.generator, device=self.device, autocast=self.autocast, data=data, guidance=self.guidance,
         )
 
     # -- checkpoints -----------------------------------------------------------------
@@ -203,6 +221,12 @@ class Trainer:
             raise LinCompressError(
                 f"the checkpoint in {self.checkpoint_dir} was trained with objective {ckpt.extra.get('objective')!r}; "
                 f"resume with the same --objective or delete {self.checkpoint_dir}"
+            )
+        trained_for = (ckpt.extra.get("config") or {}).get("student_guidance", "cfg")
+        if trained_for != self.config.student_guidance:
+            raise LinCompressError(
+                f"the checkpoint in {self.checkpoint_dir} trained a {trained_for!r} student; resume with the same "
+                f"student guidance or delete {self.checkpoint_dir}"
             )
         missing = sorted(set(self.param_names) - set(ckpt.params))
         if missing:
@@ -231,7 +255,7 @@ class Trainer:
         total, count = 0.0, 0
         for start in range(0, x.shape[0], self.config.batch_size):
             sl = slice(start, start + self.config.batch_size)
-            v_s = ctx.velocity(self.student, x[sl].to(self.device), sigma[sl], {k: c[sl].to(self.device) for k, c in cond.items()})
+            v_s = ctx.student_velocity(x[sl].to(self.device), sigma[sl], {k: c[sl].to(self.device) for k, c in cond.items()})
             total += float(((v_s - v_t[sl].to(self.device)) ** 2).sum())
             count += v_s.numel()
         return total / count

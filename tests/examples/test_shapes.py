@@ -133,3 +133,50 @@ def test_shipped_teacher_draws_what_it_is_asked_for():
     assert scores["colour_correct"] >= 5 / 6
     assert scores["class_correct"] >= 4 / 6
     assert scores["smoothness_px"] < 1.0
+
+
+def test_captions_are_the_worlds_prompts_and_the_empty_prompt_is_the_fixed_null_condition():
+    conds = world.all_conditions()
+    assert len(conds) == 288 and len(set(conds)) == 288
+    assert all(world.parse_caption(c.describe()) == c for c in conds)
+    encoder = world.CaptionEncoder()
+    out = encoder([conds[5].describe(), "", conds[7].describe()])["encoder_hidden_states"]
+    torch.testing.assert_close(out[0], world.encode([conds[5]])[0])
+    torch.testing.assert_close(out[1], world.null_embedding())
+    assert world.null_embedding().pow(2).mean().sqrt() == pytest.approx(1.0, abs=0.2)  # like the attribute tables
+    assert not any(torch.allclose(world.null_embedding()[i], t[j]) for t in world.embedding_tables().values()
+                   for i in range(world.TEXT_LEN) for j in range(t.shape[0]))
+    with pytest.raises(ValueError, match="unknown colour 'purple'"):
+        world.parse_caption("a purple circle moving east, slow")
+
+
+def test_the_target_is_conditioned_on_captions_with_the_teachers_guidance_scale():
+    from lincompress.target import load_target
+
+    teacher = _load("teacher")
+    target = load_target(SHAPES / "model.py")
+    assert target.prompt_info()["size"] == 288 and target.negative_prompt == ""
+    assert target.guidance_scale == teacher.guidance_scale()
+    torch.testing.assert_close(target.negative_conditions(2)["encoder_hidden_states"], world.encode_null(2))
+    meta = teacher.teacher_metadata()
+    assert target.guidance_scale == (float(meta.get("guidance_scale", 1.0)) if meta.get("cond_dropout") else 1.0)
+
+
+def test_train_teacher_fine_tunes_with_condition_dropout_and_records_the_swept_guidance_scale(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    teacher = _load("teacher")
+    cmd = [sys.executable, str(SHAPES / "train_teacher.py"), "--init", str(SHAPES / "teacher.safetensors"),
+           "--out", str(tmp_path), "--cond-dropout", "0.5", "--max-steps", "2", "--batch", "2", "--eval-samples", "1",
+           "--sample-steps", "1", "--guidance-sweep", "1,2.5", "--sweep-samples", "1", "--log-every", "1", "--no-pictures"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny run: one thread beats two on a shared CI core
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, env=env)
+    meta = teacher.teacher_metadata(tmp_path / "teacher.safetensors")
+    assert meta["cond_dropout"] == 0.5 and meta["guidance_scale"] == 2.5  # the only scale above 1
+    assert [r["scale"] for r in meta["guidance_sweep"]] == [1.0, 2.5]
+    events = [json.loads(line).get("event") for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert events.count("guidance_sweep") == 2 and "guidance_chosen" in events
+    assert teacher.guidance_scale(tmp_path / "teacher.safetensors") == 2.5
+    assert (tmp_path / "teacher.safetensors").stat().st_size <= 20e6

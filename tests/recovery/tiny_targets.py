@@ -33,3 +33,17 @@ def hybrid_state(depth: int = 4, **kwargs):
     return Pipeline([passes.FindAttention(), passes.Hybridize(**kwargs)]).run(recovery_target(depth))
 
 
+
+
+def guided_target(depth: int = 2, scale: float = 3.0, seed: int = 0) -> Target:
+    """The tiny target with classifier-free guidance: a fixed null context is its unconditional input."""
+    import dataclasses
+
+    null = torch.randn(1, CONTEXT_LEN, CONTEXT_DIM, generator=torch.Generator().manual_seed(99))
+    base = recovery_target(depth, seed=seed)
+    return dataclasses.replace(base, guidance_scale=scale,
+                               negative_conditions=lambda batch: {"encoder_hidden_states": null.expand(batch, -1, -1).clone()})
+
+
+def guided_hybrid_state(depth: int = 2, scale: float = 3.0, **kwargs):
+    return Pipeline([passes.FindAttention(), passes.Hybridize(**kwargs)]).run(guided_target(depth, scale))
