@@ -78,7 +78,7 @@ class Key:
 def candidates(unit: str, key: Key, smoke: bool) -> list[dict[str, Config]]:
     """Configs to try for one unit (a dict kernel -> config, as ``configs=`` takes it)."""
     two_part = spec.FEATURE_MAPS[key.feature_map].expansion == 2
-    half_dv = max(16, key.d // 2)
+    dvs = (key.d, max(16, key.d // 2))  # value-dim tile of the accumulating kernels: whole, or half
     if smoke:
         small = [Config(block_n=16, num_warps=1, num_stages=1), Config(block_n=32, num_warps=1, num_stages=1)]
         if unit == "query":
@@ -86,7 +86,7 @@ def candidates(unit: str, key: Key, smoke: bool) -> list[dict[str, Config]]:
         return [{unit: c} for c in small]  # state, output, bwd_key: the unit is the kernel
     block_ns = (16, 32, 64) if two_part else (32, 64, 128)
     if unit == "state":
-        grid = itertools.product(block_ns, (4, 8), (2, 3), (0, half_dv))
+        grid = itertools.product(block_ns, (4, 8), (2, 3), dvs)
         return [{"state": Config(block_n=n, num_warps=w, num_stages=s, block_dv=dv)} for n, w, s, dv in grid]
     if unit == "output":
         return [{"output": Config(block_n=n, num_warps=w, num_stages=s)}
@@ -95,13 +95,13 @@ def candidates(unit: str, key: Key, smoke: bool) -> list[dict[str, Config]]:
         return [{"bwd_key": Config(block_n=n, num_warps=w, num_stages=s)}
                 for n, w, s in itertools.product(block_ns[:2], (4, 8, 16), (2, 3))]  # fmt: skip
     fused = [{"bwd_query": Config(block_n=n, num_warps=w, num_stages=s, block_dv=dv)}
-             for n, w, s, dv in itertools.product(block_ns[:2], (8, 16), (2, 3), (0, half_dv))]  # fmt: skip
+             for n, w, s, dv in itertools.product(block_ns[:2], (8, 16), (2, 3), dvs)]  # fmt: skip
     default_state = lat.DEFAULT_CONFIGS["two_part" if two_part else "elementwise"]["bwd_state"]
     split_query = [{"bwd_query": Config(block_n=n, num_warps=w, num_stages=s, split=1), "bwd_state": default_state}
                    for n, w, s in itertools.product(block_ns[:2], (4, 8, 16), (2, 3))]  # fmt: skip
     split_state = [{"bwd_query": Config(block_n=block_ns[1], num_warps=8, num_stages=2, split=1),
                     "bwd_state": Config(block_n=n, num_warps=w, num_stages=s, block_dv=dv)}
-                   for n, w, s, dv in itertools.product(block_ns, (4, 8), (2, 3), (0, half_dv))]  # fmt: skip
+                   for n, w, s, dv in itertools.product(block_ns, (4, 8), (2, 3), dvs)]  # fmt: skip
     return fused + split_query + split_state
 
 
@@ -351,7 +351,8 @@ def static_usage(keys: list[Key], smoke: bool = False) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- main
 
 
-def tune(args) -> dict[str, Any]:
+def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> dict[str, Any]:
+    """The whole tuning run; ``save(report)`` is called after every key, so a cut-off run keeps its keys."""
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter's bf16 dot is wrong
     start = time.perf_counter()
@@ -412,12 +413,25 @@ def tune(args) -> dict[str, Any]:
         report["configs"][key.name] = _to_dicts(chosen)
         report["summary"][key.name] = summary
         print(f"{key.name:26s} max rel. error vs fp32 {summary['max_rel_error']:.2e}", flush=True)
+        save(report)
         del inputs, alt
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    report["configs"].update({k: v for k, v in report.pop("configs_other_layout", {}).items() if k not in report["configs"]})
     report["wall_s"] = round(time.perf_counter() - start, 1)
     return report
+
+
+def write_outputs(report: dict[str, Any], args) -> None:
+    """The JSON (configs of both memory orders) and the table module (plus committed entries not tuned here)."""
+    from lincompress.kernels.tuned_configs import SOURCE, TUNED_CONFIGS
+
+    configs = {**report.get("configs_other_layout", {}), **report["configs"]}
+    atomic.write_json(args.json, {**{k: v for k, v in report.items() if k != "configs_other_layout"}, "configs": configs})
+    source = f"{report['device']}, torch {report['torch']}, triton {report['triton']}, {report['date']}"
+    kept = {k: v for k, v in TUNED_CONFIGS.items() if k not in configs}  # keys not tuned in this run
+    if kept:
+        source += f"; {len(kept)} entries kept from: {SOURCE}"
+    atomic.write_text(args.table, render_table({**kept, **configs}, source))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -428,12 +442,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--top", type=int, default=3, help="configs per kernel kept for the programs-per-SM sweep")
     p.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     p.add_argument("--budget-s", type=float, default=300.0, help="start no new key after this much wall time")
-    p.add_argument("--json", type=Path, default=RESULTS / "linear_attention_tuning.json")
+    p.add_argument("--json", type=Path, default=None,
+                   help="default: results/linear_attention_tuning.json (--static: results/linear_attention_static_sm90.json)")
     p.add_argument("--table", type=Path, default=RESULTS / "tuned_configs.py")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (needs TRITON_INTERPRET=1)")
     p.add_argument("--static", action="store_true",
                    help="no GPU: compile the candidates for sm_90 and report registers/spills/shared memory (JSON)")
     args = p.parse_args(argv)
+    args.json = args.json or RESULTS / ("linear_attention_static_sm90.json" if args.static else "linear_attention_tuning.json")
     args.maps = [m for m in args.maps.split(",") if m]
     args.dims = [16] if args.smoke else [int(d) for d in args.dims.split(",") if d]
     for m in args.maps:
@@ -449,15 +465,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("tune_linear_attention.py needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1)")
-    report = tune(args)
-    atomic.write_json(args.json, report)
-    from lincompress.kernels.tuned_configs import SOURCE, TUNED_CONFIGS
-
-    source = f"{report['device']}, torch {report['torch']}, triton {report['triton']}, {report['date']}"
-    kept = {k: v for k, v in TUNED_CONFIGS.items() if k not in report["configs"]}  # keys not tuned in this run
-    if kept:
-        source += f"; {len(kept)} entries kept from: {SOURCE}"
-    atomic.write_text(args.table, render_table({**kept, **report["configs"]}, source))
+    report = tune(args, lambda partial: write_outputs(partial, args))
+    write_outputs(report, args)
     print(f"wrote {args.json} and {args.table} ({report['wall_s']} s); "
           f"use now: {lat.CONFIGS_ENV}={args.json}; commit: cp {args.table} lincompress/kernels/tuned_configs.py")
     return report

@@ -95,7 +95,7 @@ class HybridAttention(nn.Module):
             fq, fk = self.feature_map_q.features(fq), self.feature_map_k.features(fk)
             name, fill = "identity", 0.0
         if key_mask is not None:
-            fk = fk.masked_fill(~key_mask.transpose(-1, -2), fill)
+            fk = fk.masked_fill(key_mask.transpose(-1, -2).logical_not(), fill)
         out = linear_attention(fq, fk, v, feature_map=name, eps=self.eps, layout="bhnd")
         return out.squeeze(1) if squeeze else out
 

@@ -509,14 +509,15 @@ class KernelConfig:
         return asdict(self)
 
 
-# Untuned shapes (until tuned_configs.py has an entry). Elementwise maps: CUDA-graph sweeps
-# on an H100 at the Wan-1.3B shape; Hedgehog: sized so its two state parts fit (value-dim tile 64).
+# Untuned shapes (until tuned_configs.py has an entry). Elementwise maps: CUDA-graph sweeps on an
+# H100 at the Wan-1.3B shape (bwd_state, new: no spills for sm_90); two-part maps (Hedgehog):
+# configs that compile for sm_90 without register spills (tune_linear_attention.py --static).
 DEFAULT_CONFIGS: dict[str, dict[str, KernelConfig]] = {
     "elementwise": {
         "state": KernelConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2),
         "output": KernelConfig(block_n=64, num_warps=8, num_stages=2, programs_per_sm=2),
         "bwd_query": KernelConfig(block_n=64, num_warps=16, num_stages=3, programs_per_sm=2),
-        "bwd_state": KernelConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2),
+        "bwd_state": KernelConfig(block_n=64, num_warps=8, num_stages=2, programs_per_sm=2),
         "bwd_key": KernelConfig(block_n=64, num_warps=16, num_stages=3, programs_per_sm=2),
     },
     "two_part": {
@@ -543,7 +544,11 @@ def _read_table(path: str | os.PathLike | None) -> dict[str, dict[str, KernelCon
 
     raw = {key: dict(entry) for key, entry in TUNED_CONFIGS.items()}
     if path:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{CONFIGS_ENV}={path}: cannot read a tuner JSON there ({type(exc).__name__}); "
+                             "unset it or point it at benchmarks/tune_linear_attention.py's --json") from None
         for key, entry in data.get("configs", {}).items():
             raw.setdefault(key, {}).update(entry)
     return {key: {k: KernelConfig.from_dict(c) for k, c in entry.items() if k in KERNELS} for key, entry in raw.items()}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lincompress.ops.spec import (
     DEFAULT_EPS,
@@ -199,6 +200,7 @@ class _EagerLinearAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # like the registered op: no double backward
     def backward(ctx, grad_out):
         q, k, v, state = ctx.saved_tensors
         dq, dk, dv = ctx.backend.backward(grad_out, q, k, v, state, *ctx.config)

@@ -134,8 +134,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
-@pytest.mark.parametrize("feature_map", ["relu", "elu1", "hedgehog"])
-@pytest.mark.parametrize("split", [0, 1])
+@pytest.mark.parametrize(("feature_map", "split"), [("relu", 0), ("elu1", 1), ("hedgehog", 0), ("hedgehog", 1)])
 @pytest.mark.parametrize(
     "dtype,dk,dv,n,n_q",
     [
