@@ -373,7 +373,7 @@ def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> 
     print(f"  compiled in {report['compile_s']} s; {sum(e is not None for e in errors)} candidates failed", flush=True)
 
     for key in keys:
-        if time.perf_counter() - start > args.budget_s:
+        if report["configs"] and time.perf_counter() - start > args.budget_s:  # the first key always runs
             print(f"{key.name}: skipped (budget)", flush=True)
             continue
         inputs = Inputs(key, device, dtype)
@@ -385,7 +385,8 @@ def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> 
             for (jkey, junit, configs), err in zip(jobs, errors):
                 if jkey != key or junit != unit:
                     continue
-                ms = math.inf if err else measure(inputs, unit, _from_dicts(configs), device)
+                hopeless = err is not None and ("OutOfResources" in err or "Compilation" in err)  # else the worker died
+                ms = math.inf if hopeless else measure(inputs, unit, _from_dicts(configs), device)
                 rows.append({"configs": configs, "ms": ms, "error": err})
             rows.sort(key=lambda r: r["ms"])
             finalists = []  # programs per SM on the best three (no recompilation), then the other layout

@@ -147,10 +147,12 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     ],
 )
 def test_gpu_matches_reference(layout, feature_map, split, dtype, dk, dv, n, n_q) -> None:
+    from dataclasses import replace
+
     from lincompress.kernels.linear_attention_triton import (
-        KernelConfig,
         linear_attention_backward_triton,
         linear_attention_forward_triton,
+        make_plan,
     )
     from lincompress.ops.linear_attention import linear_attention_backward_reference, linear_attention_reference
 
@@ -158,7 +160,8 @@ def test_gpu_matches_reference(layout, feature_map, split, dtype, dk, dv, n, n_q
     q, k, v = _gpu_inputs(layout, 2, 3, n, dk, dv, dtype, n_q)
     grad_out = torch.randn_like(linear_attention_reference(q, k, v, feature_map, 1e-6, layout))
     _poison_allocator()
-    configs = {"bwd_query": KernelConfig(block_n=32, num_warps=8, num_stages=2, split=split)}
+    resolved = make_plan(q, k, v, feature_map, layout).configs["bwd_query"]  # fits this shape; only the variant changes
+    configs = {"bwd_query": replace(resolved, split=split)}
     out = linear_attention_forward_triton(q, k, v, feature_map, 1e-6, layout)
     grads = linear_attention_backward_triton(grad_out, q, k, v, feature_map, 1e-6, layout, configs=configs)
     args = (feature_map, 1e-6, layout)
