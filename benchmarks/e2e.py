@@ -11,8 +11,11 @@ graph), and times one denoiser forward (batch 1, 512 text tokens) of
   memory-efficient attention is never the fastest on Hopper);
 * fixed hybrids with 50 / 70 / 100 % of the self-attention layers linear (evenly
   spread, ``lincompress.selection.heuristic_selection(..., "uniform")``), whose linear
-  layers call ``lincompress::linear_attention`` (the fused Triton kernels); the kept
-  softmax layers use the same SDPA backend;
+  layers call ``lincompress::linear_attention`` (the fused Triton kernels, which apply
+  the feature map, Hedgehog's softmaxes included); the kept softmax layers use the same
+  SDPA backend. A feature map written ``<map>-unfused`` (e.g. ``hedgehog-unfused@0.7``)
+  applies the map in PyTorch and passes ``identity`` to the op, the path before the
+  fused feature maps, to compare in the same run;
 
 eager and/or ``torch.compile`` (regional: each transformer block compiled, default
 mode; the blocks share one compiled graph per block type). Compute does not depend on
@@ -31,6 +34,8 @@ Usage (GPU)::
 
     python benchmarks/e2e.py --configs wan-1.3b:eager+compile,wan-14b-720p:compile \\
         --json benchmarks/results/e2e.json
+    python benchmarks/e2e.py --configs wan-1.3b:compile --feature-maps hedgehog --targets 0.7,1.0 \\
+        --extra relu@0.7,hedgehog-unfused@0.7      # Hedgehog rows, with relu and the unfused path beside them
 
 ``--deadline-s`` stops starting new measurements once that much wall time has gone, and
 the JSON is rewritten after every measurement, so a cut-off run keeps what it measured.
@@ -42,10 +47,11 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import math
+import os
 import sys
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +258,22 @@ def profile_forward(model, kwargs, device, top: int = 14) -> list[dict[str, Any]
     return rows[:top]
 
 
+UNFUSED_SUFFIX = "-unfused"
+
+
+@contextmanager
+def fixed_variant(model: torch.nn.Module, sites, chosen: list[str], fm: str):
+    """``bm.fixed_in_place`` for ``fm``; ``<map>-unfused`` also makes every site apply its map in PyTorch."""
+    name = fm.removesuffix(UNFUSED_SUFFIX)
+    with bm.fixed_in_place(model, sites, chosen, name) as fixed:
+        if fm.endswith(UNFUSED_SUFFIX):
+            from lincompress.attention import iter_sites
+
+            for _, site in iter_sites(fixed):
+                site.feature_map_q.fused = site.feature_map_k.fused = False
+        yield fixed
+
+
 def compile_blocks(model: torch.nn.Module) -> None:
     for block in model.blocks:
         block.compile()
@@ -327,7 +349,7 @@ def run_config(run: Run, config: Config, modes: list[str], device: torch.device,
                     if fm is None:
                         row = measure(run, model, kwargs, device, label, estimate, extra_s)
                     else:
-                        with bm.fixed_in_place(model, sites, chosen, fm):
+                        with fixed_variant(model, sites, chosen, fm):
                             row = measure(run, model, kwargs, device, label, estimate, extra_s)
                 except Exception as exc:  # noqa: BLE001 - record the failure, measure the rest
                     traceback.print_exc()
@@ -340,7 +362,7 @@ def run_config(run: Run, config: Config, modes: list[str], device: torch.device,
                 if row is None:
                     continue
                 if mode in a.profile_modes and config.name in a.profile_configs and t in (0.0, 1.0):
-                    ctx = bm.fixed_in_place(model, sites, chosen, fm) if fm is not None else nullcontext()
+                    ctx = fixed_variant(model, sites, chosen, fm) if fm is not None else nullcontext()
                     with ctx:
                         row["profile"] = profile_forward(model, kwargs, device)
                     total = sum(r["ms"] for r in row["profile"])
@@ -442,8 +464,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.profile_configs = [c for c in a.profile_configs.split(",") if c]
     a.profile_modes = [m for m in a.profile_modes.split(",") if m]
     for fm in [*a.feature_maps, *(fm for fm, _ in a.extra)]:
-        if fm not in FEATURE_MAPS:
-            raise SystemExit(f"unknown feature map {fm!r}; choose from {FEATURE_MAPS}")
+        if fm.removesuffix(UNFUSED_SUFFIX) not in FEATURE_MAPS:
+            raise SystemExit(f"unknown feature map {fm!r}; choose from {FEATURE_MAPS} (or <map>{UNFUSED_SUFFIX})")
     device = bm.resolve_device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     configs = parse_configs(a.configs, [m for m in a.modes.split(",") if m], a.tiny)
@@ -461,7 +483,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "extra": [f"{fm}@{t:g}" for fm, t in a.extra], "extra_modes": a.extra_modes,
                      "compile": "regional: block.compile() per transformer block, default mode",
                      "timing": "CUDA events, median; first call (compile) excluded", "batch_size": 1,
-                     "text_tokens": TEXT_TOKENS, "deadline_s": a.deadline_s},
+                     "text_tokens": TEXT_TOKENS, "deadline_s": a.deadline_s,
+                     "kernel_configs": os.environ.get("LINCOMPRESS_LINEAR_ATTENTION_CONFIGS") or "committed table"},
         "configs": [],
     }
     print(f"device: {run.results['environment']['device']}; torch {torch.__version__}; "

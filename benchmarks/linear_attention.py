@@ -1,26 +1,38 @@
-"""Benchmark of ``lincompress::linear_attention`` (fused Triton kernels) on a CUDA GPU.
+"""Benchmark of ``lincompress::linear_attention``: every feature map, fused vs unfused Hedgehog, on a CUDA GPU.
 
-For each shape it times forward and forward+backward of: our kernels, the PyTorch
-reference (eager and ``torch.compile``), softmax SDPA (each backend that runs; the best
-is the one to compare with) and flash-linear-attention where installed. Times are GPU
-times (one call captured in a CUDA graph, replayed back to back); eager back-to-back
-times, which include host overhead, are printed beside them. It prints ms, achieved
-GB/s over the minimum bytes, and the fraction of the HBM floor (those bytes at the
-measured copy bandwidth), measures our error against an fp32 reference, and writes
-everything as JSON.
+Per shape and feature map (``--feature-maps``, default relu, elu1, hedgehog; q and k are
+the *projected* q/k, as a site passes them) it times forward and forward+backward of
 
-    python benchmarks/linear_attention.py [--out PATH] [--shapes wan-1.3b ...] [--sweep]
+* ``<map> eager``: ``lincompress.ops.linear_attention`` called eagerly, what models run
+  (one autograd.Function; the forward's per-head state feeds the backward);
+* ``<map> op``: ``torch.ops.lincompress.linear_attention``, what ``torch.compile`` /
+  ``torch.export`` graphs hold (the backward recomputes the state);
+* ``hedgehog unfused`` (with hedgehog): the path before the fused feature map, PyTorch
+  ``[softmax(x), softmax(-x)]`` in fp32 cast to bf16, then the op with ``identity`` at
+  Dk = 2 D (autograd through the softmaxes);
+* the PyTorch reference compiled (``--reference``) and softmax SDPA (``--sdpa``), for scale.
+
+Times are GPU times (one call captured in a CUDA graph, replayed back to back); eager
+back-to-back times, which include host overhead, are printed beside them, and the host
+(CPU) time per call of the eager path and of the op is reported (the dispatch overhead).
+It prints ms, achieved GB/s over the minimum bytes and the fraction of the HBM floor
+(those bytes at the measured copy bandwidth), the max relative error of out/dq/dk/dv
+against an fp32 reference (max|ours - ref| / max|ref|), and writes JSON naming the device.
+
+    python benchmarks/linear_attention.py [--shapes wan-1.3b ...] [--feature-maps relu,elu1,hedgehog] [--out PATH]
+    python benchmarks/linear_attention.py --smoke      # CPU: tiny sizes, the PyTorch reference, dispatch overhead
 
 Minimum bytes: forward reads q, k, v and writes o; backward additionally reads q, k,
 v, dO and writes dq, dk, dv (so forward+backward counts 11 tensors of that size).
+Launch configs come from ``lincompress/kernels/tuned_configs.py``, or from a tuner JSON
+named by ``LINCOMPRESS_LINEAR_ATTENTION_CONFIGS`` (``benchmarks/tune_linear_attention.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
-import math
+import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,14 +45,20 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lincompress.kernels  # noqa: E402,F401  (registers the CUDA kernels)
+from lincompress import atomic  # noqa: E402
 from lincompress import benchmarking as bm  # noqa: E402
-from lincompress.kernels import linear_attention_triton as lat  # noqa: E402
+from lincompress.ops import linear_attention as linear_attention_fn  # noqa: E402
+from lincompress.ops import spec  # noqa: E402
 from lincompress.ops.linear_attention import (  # noqa: E402
+    REFERENCE_BACKEND,
+    Backend,
     linear_attention_backward_reference,
     linear_attention_reference,
+    register_backend,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "linear_attention.json"
+EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -57,21 +75,39 @@ class Shape:
 
 SHAPES = {
     "wan-1.3b": Shape("wan-1.3b", 1, 12, 32760, 128),
+    "wan-1.3b-d64": Shape("wan-1.3b-d64", 1, 24, 32760, 64),
     "wan-14b": Shape("wan-14b", 1, 40, 32760, 128),
     "long-video": Shape("long-video", 1, 12, 75600, 128),
 }
+SMOKE_SHAPE = Shape("smoke", 1, 2, 64, 16)
 FWD_TENSORS, FWD_BWD_TENSORS = 4, 11
 
 
-def bench(fn: Callable[[], object], rep_ms: int = 200, repeats: int = 5) -> float:
-    """Median over ``repeats`` of the mean ms per call of back-to-back calls, timed with CUDA events.
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(fn: Callable[[], object], rep_ms: int = 200, repeats: int = 5, device: torch.device | None = None) -> float:
+    """Median over ``repeats`` of the mean ms per call of back-to-back calls (CUDA events; host clock on CPU).
 
     Back to back, as in a model, the host enqueues ahead of the GPU, so host overhead
     shows only where it exceeds the GPU time. Inputs are far larger than L2, so no cache
     flushing is needed between calls.
     """
+    device = device or torch.device("cuda")
     for _ in range(3):
         fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -93,8 +129,8 @@ def bench(fn: Callable[[], object], rep_ms: int = 200, repeats: int = 5) -> floa
 def graph_bench(fn: Callable[[], object], rep_ms: int = 200, repeats: int = 5) -> float | None:
     """GPU time in ms: ``fn`` captured once in a CUDA graph, replays timed back to back.
 
-    The graph removes host overhead (Python, dispatch, launches), which for sub-ms ops on
-    this machine can exceed the GPU time. None when ``fn`` cannot be captured.
+    The graph removes host overhead (Python, dispatch, launches), which for sub-ms ops
+    can exceed the GPU time. None when ``fn`` cannot be captured.
     """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -117,15 +153,15 @@ def graph_bench(fn: Callable[[], object], rep_ms: int = 200, repeats: int = 5) -
         torch.cuda.empty_cache()
 
 
-def host_ms(fn: Callable[[], object], calls: int = 20) -> float:
-    """Host (CPU) ms per call to enqueue ``fn``: what bounds it when the GPU finishes first."""
+def host_ms(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
+    """Host (CPU) ms per call to enqueue ``fn``: what bounds it when the device finishes first."""
     fn()
-    torch.cuda.synchronize()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
+    _sync(device)
     return elapsed / calls * 1e3
 
 
@@ -137,12 +173,15 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def make_inputs(shape: Shape, layout: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+# --------------------------------------------------------------------------- what is timed
+
+
+def make_inputs(shape: Shape, layout: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    gen = torch.Generator(device=device).manual_seed(seed)
     dims = (shape.batch, shape.heads, shape.tokens, shape.head_dim)
     if layout == "bnhd":
         dims = (shape.batch, shape.tokens, shape.heads, shape.head_dim)
-    return tuple(torch.randn(dims, device="cuda", dtype=dtype, generator=gen) for _ in range(4))
+    return tuple(torch.randn(dims, device=device, dtype=dtype, generator=gen) for _ in range(4))
 
 
 def fwd_bwd(fn: Callable[..., torch.Tensor], q, k, v, grad_out) -> Callable[[], object]:
@@ -155,14 +194,29 @@ def fwd_bwd(fn: Callable[..., torch.Tensor], q, k, v, grad_out) -> Callable[[], 
     return run
 
 
-def linear_methods(feature_map: str, layout: str) -> dict[str, Callable[..., torch.Tensor]]:
-    def ours(q, k, v):
-        return torch.ops.lincompress.linear_attention(q, k, v, feature_map, 1e-6, layout)
+def unfused_hedgehog(layout: str) -> Callable[..., torch.Tensor]:
+    """The pre-fusion Hedgehog site: PyTorch softmax features (fp32, cast back), then the op with identity at 2 D."""
+    phi = spec.feature_map_spec("hedgehog").phi
 
-    def reference(q, k, v):
-        return linear_attention_reference(q, k, v, feature_map, 1e-6, layout)
+    def run(q, k, v):
+        fq, fk = phi(q.float()).to(q.dtype), phi(k.float()).to(k.dtype)
+        return linear_attention_fn(fq, fk, v, "identity", EPS, layout)
 
-    return {"ours (triton)": ours, "reference eager": reference, "reference compiled": torch.compile(reference)}
+    return run
+
+
+def methods(feature_map: str, layout: str, args) -> dict[str, Callable[..., torch.Tensor]]:
+    rows = {
+        f"{feature_map} eager": lambda q, k, v: linear_attention_fn(q, k, v, feature_map, EPS, layout),
+        f"{feature_map} op": lambda q, k, v: torch.ops.lincompress.linear_attention(q, k, v, feature_map, EPS, layout),
+    }
+    if feature_map == "hedgehog":
+        rows["hedgehog unfused (Dk 2D)"] = unfused_hedgehog(layout)
+    if args.reference and not args.smoke:
+        rows[f"{feature_map} reference compiled"] = torch.compile(
+            lambda q, k, v: linear_attention_reference(q, k, v, feature_map, EPS, layout)
+        )
+    return rows
 
 
 def sdpa_methods() -> dict[str, Callable[..., torch.Tensor]]:
@@ -179,31 +233,26 @@ def sdpa_methods() -> dict[str, Callable[..., torch.Tensor]]:
     return {f"sdpa softmax ({n})": with_backend(b) for n, b in names.items()}
 
 
-def fla_note() -> str | None:
-    """flash-linear-attention is only a comparison point; say why it is missing."""
-    try:
-        import fla  # noqa: F401
-    except ImportError:
-        return "flash-linear-attention not installed on this machine: skipped"
-    return "flash-linear-attention installed but not wired in (its kernels are causal/chunked): skipped"
-
-
-def time_method(fn, inputs, rep_ms: int, transpose: bool = False, repeats: int = 5) -> dict[str, float | str]:
-    """GPU (CUDA graph) and eager ms of forward and forward+backward of one method.
+def time_method(fn, inputs, args, device: torch.device, transpose: bool = False, rep_ms: int | None = None,
+                repeats: int = 5) -> dict[str, float | str]:  # fmt: skip
+    """GPU (CUDA graph) and eager ms of forward and forward+backward, and host ms of the eager calls.
 
     ``transpose`` gives SDPA (B, H, N, D) views. ``*_ms`` is the GPU time (the eager time
-    where capture fails); ``*_eager_ms`` is back-to-back eager calls, host overhead included.
+    where capture fails or on CPU); ``*_eager_ms`` is back-to-back eager calls, host overhead included.
     """
+    rep_ms = rep_ms or args.rep_ms
     q, k, v, g = (t.transpose(1, 2) for t in inputs) if transpose else inputs
     forward = lambda: fn(q, k, v)  # noqa: E731
     both = fwd_bwd(fn, q, k, v, g)
     row: dict[str, float | str] = {}
     try:
         with torch.no_grad():
-            row["fwd_eager_ms"] = bench(forward, rep_ms, repeats)
-            row["fwd_ms"] = graph_bench(forward, rep_ms, repeats) or row["fwd_eager_ms"]
-        row["fwd_bwd_eager_ms"] = bench(both, rep_ms, repeats)
-        row["fwd_bwd_ms"] = graph_bench(both, rep_ms, repeats) or row["fwd_bwd_eager_ms"]
+            row["fwd_eager_ms"] = bench(forward, rep_ms, repeats, device)
+            row["fwd_ms"] = (graph_bench(forward, rep_ms, repeats) if device.type == "cuda" else None) or row["fwd_eager_ms"]
+            row["fwd_host_ms"] = host_ms(forward, device)
+        row["fwd_bwd_eager_ms"] = bench(both, rep_ms, repeats, device)
+        row["fwd_bwd_ms"] = (graph_bench(both, rep_ms, repeats) if device.type == "cuda" else None) or row["fwd_bwd_eager_ms"]
+        row["fwd_bwd_host_ms"] = host_ms(both, device)
     except Exception as exc:  # a backend that cannot run this shape is reported, not fatal
         return {"error": bm.exception_line(exc, 120)}
     return row
@@ -218,25 +267,27 @@ def norm_rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want).norm() / want.norm()).item()
 
 
-def errors_vs_fp32(inputs, feature_map: str, layout: str) -> dict[str, float]:
-    """Our bf16 results against the fp32 reference on the same (bf16-rounded) inputs."""
+def errors_vs_fp32(fn: Callable[..., torch.Tensor], inputs, feature_map: str, layout: str) -> dict[str, float]:
+    """A method's results (bf16 in) against the fp32 reference on the same bf16-rounded inputs."""
     q, k, v, g = inputs
-    out = lat.linear_attention_forward_triton(q, k, v, feature_map, 1e-6, layout)
-    grads = lat.linear_attention_backward_triton(g, q, k, v, feature_map, 1e-6, layout)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out, leaves, g)
     wide = [t.float() for t in (g, q, k, v)]
-    want_out = linear_attention_reference(*wide[1:], feature_map, 1e-6, layout)
-    want_grads = linear_attention_backward_reference(*wide, feature_map, 1e-6, layout)
+    want_out = linear_attention_reference(*wide[1:], feature_map, EPS, layout)
+    want_grads = linear_attention_backward_reference(*wide, feature_map, EPS, layout)
     result = {"out_max_rel": max_rel(out, want_out), "out_norm_rel": norm_rel(out, want_out)}
     for name, got, want in zip(("dq", "dk", "dv"), grads, want_grads):
         result[f"{name}_max_rel"] = max_rel(got, want)
         result[f"{name}_norm_rel"] = norm_rel(got, want)
+    result["max_rel"] = max(result[f"{n}_max_rel"] for n in ("out", "dq", "dk", "dv"))
     return result
 
 
-def add_bandwidth(row: dict, shape: Shape, dtype: torch.dtype, bandwidth: float) -> dict:
+def add_bandwidth(row: dict, shape: Shape, dtype: torch.dtype, bandwidth: float | None) -> dict:
     """GB/s over the minimum bytes and the fraction of the HBM floor those bytes set."""
     for key, tensors in (("fwd", FWD_TENSORS), ("fwd_bwd", FWD_BWD_TENSORS)):
-        if f"{key}_ms" in row:
+        if f"{key}_ms" in row and bandwidth:
             nbytes = tensors * shape.tensor_bytes(dtype)
             seconds = row[f"{key}_ms"] * 1e-3
             row[f"{key}_gbps"] = nbytes / seconds / 1e9
@@ -245,141 +296,163 @@ def add_bandwidth(row: dict, shape: Shape, dtype: torch.dtype, bandwidth: float)
     return row
 
 
-def run_shape(shape: Shape, args, bandwidth: float) -> dict:
-    dtype = torch.bfloat16
-    inputs = make_inputs(shape, args.layout, dtype)
-    heavy = shape.heads * shape.tokens**2 > 2e10  # softmax attention: keep its repeats short
-    rows = {}
-    for name, fn in linear_methods(args.feature_map, args.layout).items():
-        rows[name] = time_method(fn, inputs, args.rep_ms)
-    for name, fn in sdpa_methods().items():
-        rows[name] = time_method(fn, inputs, 30 if heavy else args.rep_ms, args.layout == "bnhd", 3 if heavy else 5)
-    rows = {n: add_bandwidth(r, shape, dtype, bandwidth) for n, r in rows.items()}
-    torch.cuda.empty_cache()
-    return {"shape": asdict(shape), "methods": rows, "errors_vs_fp32": errors_vs_fp32(inputs, args.feature_map, args.layout)}
+def breakdown(shape: Shape, feature_map: str, layout: str, device: torch.device) -> dict[str, dict[str, float | None]]:
+    """GPU and host ms of each pass of the fused kernels (the reductions between passes included)."""
+    from lincompress.kernels import linear_attention_triton as lat
 
-
-def speed_ratios(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """How many times faster ours is than each other method."""
-    ours = rows["ours (triton)"]
-    ratios = {}
-    for name, row in rows.items():
-        if name != "ours (triton)" and "fwd_ms" in row and "fwd_ms" in ours:
-            ratios[name] = {k: row[k] / ours[k] for k in ("fwd_ms", "fwd_bwd_ms")}
-    return ratios
-
-
-def print_table(result: dict) -> None:
-    shape, rows = result["shape"], result["methods"]
-    print(f"\n{shape['name']}: B{shape['batch']} H{shape['heads']} N{shape['tokens']} D{shape['head_dim']} bf16")
-    print(f"{'method':24s} {'fwd ms':>9s} {'GB/s':>7s} {'%floor':>7s} {'fwd+bwd ms':>11s} {'GB/s':>7s} {'%floor':>7s}"
-          f" {'x ours f/fb':>12s} {'eager f/fb ms':>15s}")  # fmt: skip
-    ratios = result["speed_ratios"]
-    for name, row in rows.items():
-        if "error" in row:
-            print(f"{name:24s} {row['error']}")
-            continue
-        ratio = ratios.get(name)
-        ratio_txt = f"{ratio['fwd_ms']:.1f}/{ratio['fwd_bwd_ms']:.1f}" if ratio else "-"
-        print(
-            f"{name:24s} {row['fwd_ms']:9.3f} {row['fwd_gbps']:7.0f} {100 * row['fwd_floor_frac']:6.1f}% "
-            f"{row['fwd_bwd_ms']:11.3f} {row['fwd_bwd_gbps']:7.0f} {100 * row['fwd_bwd_floor_frac']:6.1f}% {ratio_txt:>12s}"
-            f" {row['fwd_eager_ms']:7.3f}/{row['fwd_bwd_eager_ms']:.3f}"
-        )
-    err = result["errors_vs_fp32"]
-    print("errors vs fp32 reference (max|d|/max|ref|, norm): " + ", ".join(
-        f"{n} {err[n + '_max_rel']:.1e}/{err[n + '_norm_rel']:.1e}" for n in ("out", "dq", "dk", "dv")
-    ))  # fmt: skip
-
-
-SWEEP_SPACES = {  # (block_n, num_warps, num_stages, programs_per_sm) per kernel
-    "state": list(itertools.product((64, 128), (4, 8), (3,), (1, 2))),
-    "output": list(itertools.product((64, 128), (4, 8), (3,), (1, 2))),
-    "bwd_query": list(itertools.product((32, 64), (8, 16), (2, 3), (2,))),
-    "bwd_key": list(itertools.product((32, 64), (8, 16), (2, 3), (2,))),
-}
-
-
-def sweep(shape: Shape, args) -> list[dict]:
-    """Coordinate sweep of each kernel's launch config (others at default) at one shape."""
-    q, k, v, g = make_inputs(shape, args.layout, torch.bfloat16)
-    fm, layout = args.feature_map, args.layout
-    fwd = lambda cfg: lambda: lat.linear_attention_forward_triton(q, k, v, fm, 1e-6, layout, configs=cfg)  # noqa: E731
-    bwd = lambda cfg: lambda: lat.linear_attention_backward_triton(g, q, k, v, fm, 1e-6, layout, configs=cfg)  # noqa: E731
-    results = []
-    for kernel, space in SWEEP_SPACES.items():
-        for block_n, warps, stages, pps in space:
-            cfg = lat.with_overrides(kernel, block_n=block_n, num_warps=warps, num_stages=stages, programs_per_sm=pps)
-            try:
-                ms = graph_bench((fwd if kernel in ("state", "output") else bwd)(cfg), 30, repeats=3) or math.inf
-            except Exception as exc:  # out of shared memory / registers for this config
-                ms = math.inf
-                print(f"  {kernel} {block_n}/{warps}/{stages}/{pps}: {type(exc).__name__}")
-            results.append({"kernel": kernel, "block_n": block_n, "num_warps": warps, "num_stages": stages,
-                            "programs_per_sm": pps, "ms": ms})  # fmt: skip
-    for kernel in lat.DEFAULT_CONFIGS:
-        best = sorted((r for r in results if r["kernel"] == kernel), key=lambda r: r["ms"])[:5]
-        print(f"sweep {kernel} ({'fwd' if kernel in ('state', 'output') else 'bwd'} ms): " + "; ".join(
-            f"{r['block_n']}/{r['num_warps']}/{r['num_stages']}/{r['programs_per_sm']}={r['ms']:.3f}" for r in best
-        ))  # fmt: skip
-    return results
-
-
-def breakdown(shape: Shape, args) -> dict[str, float]:
-    """ms of each pass of our kernels (the reductions between passes included in their pass)."""
-    q, k, v, g = make_inputs(shape, args.layout, torch.bfloat16)
-    fm, layout = args.feature_map, args.layout
-    shapes, feature, dot = lat._shapes(q, k, v, layout), lat._FEATURE_IDS[fm], lat._dot_dtype(q, k, v)
-    state = lat._launch_state(k, v, shapes, feature, layout, dot, None)
-    _, d_state = lat._launch_bwd_query(g, q, state, 1e-6, shapes, feature, layout, dot, None)
+    q, k, v, g = make_inputs(shape, layout, torch.bfloat16, device)
+    plan = lat.make_plan(q, k, v, feature_map, layout)
+    state = lat.launch_state(k, v, plan)
+    out = torch.empty_like(v)
+    _, d_state = lat.launch_bwd_query(g, q, state, EPS, plan)
     passes = {
-        "state pass": lambda: lat._launch_state(k, v, shapes, feature, layout, dot, None),
-        "forward": lambda: lat.linear_attention_forward_triton(q, k, v, fm, 1e-6, layout),
-        "bwd query pass": lambda: lat._launch_bwd_query(g, q, state, 1e-6, shapes, feature, layout, dot, None),
-        "bwd key pass": lambda: lat._launch_bwd_key(k, v, d_state, shapes, feature, layout, dot, None),
-        "backward": lambda: lat.linear_attention_backward_triton(g, q, k, v, fm, 1e-6, layout),
-        "op fwd+bwd": fwd_bwd(linear_methods(fm, layout)["ours (triton)"], q, k, v, g),
+        "state pass": lambda: lat.launch_state(k, v, plan),
+        "output pass": lambda: lat.launch_output(q, state, out, EPS, plan),
+        "bwd query side": lambda: lat.launch_bwd_query(g, q, state, EPS, plan),
+        "bwd key pass": lambda: lat.launch_bwd_key(k, v, d_state, plan),
     }
-    units = {"state pass": 2, "forward": 4, "bwd query pass": 3, "bwd key pass": 4, "backward": 9, "op fwd+bwd": 13}
-    nbytes = shape.tensor_bytes(torch.bfloat16)
-    print(f"breakdown at {shape.name} (GPU time via CUDA graph; host = CPU time to enqueue one call):")
     times = {}
     for name, fn in passes.items():
-        times[name] = {"gpu_ms": graph_bench(fn), "host_ms": host_ms(fn)}
-        gpu = times[name]["gpu_ms"]
-        print(f"  {name:15s} gpu {gpu:7.3f} ms  {units[name] * nbytes / gpu / 1e6:6.0f} GB/s ({units[name]} tensors)"
-              f"  host {times[name]['host_ms']:.3f} ms")  # fmt: skip
+        times[name] = {"gpu_ms": graph_bench(fn), "host_ms": host_ms(fn, device)}
+    times["configs"] = {name: c.to_dict() for name, c in plan.configs.items()}
     return times
 
 
-def main() -> None:
+# --------------------------------------------------------------------------- dispatch overhead (CPU)
+
+
+def dispatch_overhead(calls: int = 1000) -> dict[str, float]:
+    """Host us per fwd+bwd through the eager path and through the registered op, with a CPU backend doing no work.
+
+    What remains of the op's CPU cost besides the kernels themselves: validation, the
+    wrapper layers and autograd (plus, on CUDA, the launches and the partial sums).
+    """
+    empty = Backend(
+        forward=lambda q, k, v, fm, eps, layout, keep: (torch.empty_like(v), None),
+        backward=lambda g, q, k, v, state, fm, eps, layout: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)),
+    )
+    q, k, v = (torch.randn(1, 2, 4, 8, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(1, 2, 4, 8)
+    paths = {
+        "eager path (linear_attention)": lambda: linear_attention_fn(q, k, v, "hedgehog", EPS, "bhnd"),
+        "registered op (torch.ops)": lambda: torch.ops.lincompress.linear_attention(q, k, v, "hedgehog", EPS, "bhnd"),
+    }
+    result = {}
+    register_backend("cpu", empty)
+    try:
+        for name, fn in paths.items():
+            step = lambda: torch.autograd.grad(fn(), (q, k, v), grad_out)  # noqa: E731
+            for _ in range(30):
+                step()
+            samples = []
+            for _ in range(5):
+                start = time.perf_counter()
+                for _ in range(calls // 5):
+                    step()
+                samples.append((time.perf_counter() - start) / (calls // 5) * 1e6)
+            result[f"{name} fwd+bwd us"] = min(samples)  # the least disturbed sample: other work shares the CPU
+        bare = lambda: torch.autograd.grad((q * 1.0 + k + v).sum(), (q, k, v))  # noqa: E731
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls // 5):
+                bare()
+            samples.append((time.perf_counter() - start) / (calls // 5) * 1e6)
+        result["autograd floor (3 elementwise ops) fwd+bwd us"] = min(samples)
+    finally:
+        register_backend("cpu", REFERENCE_BACKEND)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def run_shape(shape: Shape, args, device: torch.device, dtype: torch.dtype, bandwidth: float | None) -> dict:
+    inputs = make_inputs(shape, args.layout, dtype, device)
+    rows: dict[str, dict] = {}
+    errors: dict[str, dict] = {}
+    for fm in args.feature_maps:
+        for name, fn in methods(fm, args.layout, args).items():
+            rows[name] = time_method(fn, inputs, args, device)
+            rows[name]["feature_map"] = fm
+            if not name.endswith("compiled"):
+                errors[name] = errors_vs_fp32(fn, inputs, fm, args.layout)
+    if args.sdpa and device.type == "cuda":
+        heavy = shape.heads * shape.tokens**2 > 2e10  # softmax attention: keep its repeats short
+        for name, fn in sdpa_methods().items():
+            rows[name] = time_method(fn, inputs, args, device, args.layout == "bnhd", 30 if heavy else None,
+                                     3 if heavy else 5)  # fmt: skip
+    rows = {n: add_bandwidth(r, shape, dtype, bandwidth) for n, r in rows.items()}
+    result = {"shape": asdict(shape), "methods": rows, "errors_vs_fp32": errors}
+    if device.type == "cuda":
+        result["breakdown_ms"] = {fm: breakdown(shape, fm, args.layout, device) for fm in args.feature_maps}
+    del inputs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def print_table(result: dict) -> None:
+    shape, rows, errors = result["shape"], result["methods"], result["errors_vs_fp32"]
+    print(f"\n{shape['name']}: B{shape['batch']} H{shape['heads']} N{shape['tokens']} D{shape['head_dim']}")
+    print(f"{'method':34s} {'fwd ms':>8s} {'%floor':>7s} {'fwd+bwd ms':>11s} {'%floor':>7s} {'eager f/fb ms':>15s}"
+          f" {'host f/fb ms':>14s} {'max rel err':>11s}")  # fmt: skip
+    for name, row in rows.items():
+        if "error" in row:
+            print(f"{name:34s} {row['error']}")
+            continue
+        floor = (f"{100 * row['fwd_floor_frac']:6.1f}%", f"{100 * row['fwd_bwd_floor_frac']:6.1f}%") \
+            if "fwd_floor_frac" in row else ("     -", "     -")  # fmt: skip
+        err = f"{errors[name]['max_rel']:.1e}" if name in errors else "-"
+        print(f"{name:34s} {row['fwd_ms']:8.3f} {floor[0]:>7s} {row['fwd_bwd_ms']:11.3f} {floor[1]:>7s}"
+              f" {row['fwd_eager_ms']:7.3f}/{row['fwd_bwd_eager_ms']:<7.3f} {row['fwd_host_ms']:6.3f}/{row['fwd_bwd_host_ms']:<7.3f}"
+              f" {err:>11s}")  # fmt: skip
+    for fm, passes in result.get("breakdown_ms", {}).items():
+        print(f"  {fm} passes: " + ", ".join(f"{n} {t['gpu_ms']:.3f} ms (host {t['host_ms']:.3f})"
+                                            for n, t in passes.items() if n != "configs" and t["gpu_ms"]))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--layout", default="bnhd", choices=["bnhd", "bhnd"])
-    parser.add_argument("--feature-map", default="elu1", choices=["identity", "relu", "elu1"])
+    parser.add_argument("--shapes", nargs="+", default=["wan-1.3b"], choices=list(SHAPES))
+    parser.add_argument("--layout", default="bnhd", choices=list(spec.LAYOUTS))
+    parser.add_argument("--feature-maps", default="relu,elu1,hedgehog")
     parser.add_argument("--rep-ms", type=int, default=200)
-    parser.add_argument("--sweep", action="store_true", help="also sweep kernel launch configs at the first shape")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/linear_attention.py needs a CUDA GPU")
-    bandwidth = copy_bandwidth()
-    device = torch.cuda.get_device_name()
-    print(f"device: {device}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write)")
-    report = {"device": device, "torch": torch.__version__, "copy_bandwidth_Bps": bandwidth,
-              "layout": args.layout, "feature_map": args.feature_map, "fla": fla_note(), "shapes": []}  # fmt: skip
-    if args.sweep:
-        report["sweep"] = sweep(SHAPES[args.shapes[0]], args)
-    report["breakdown_ms"] = breakdown(SHAPES[args.shapes[0]], args)
-    for name in args.shapes:
-        result = run_shape(SHAPES[name], args, bandwidth)
-        result["speed_ratios"] = speed_ratios(result["methods"])
+    parser.add_argument("--reference", action="store_true", help="also time torch.compile of the PyTorch reference")
+    parser.add_argument("--sdpa", action="store_true", help="also time softmax SDPA (cuDNN, flash)")
+    parser.add_argument("--smoke", action="store_true", help="CPU: tiny sizes, the reference backend, dispatch overhead")
+    args = parser.parse_args(argv)
+    args.feature_maps = [f for f in args.feature_maps.split(",") if f]
+    for fm in args.feature_maps:
+        if fm not in spec.FEATURE_MAPS:
+            raise SystemExit(f"--feature-maps: unknown {fm!r}; choose from {spec.FEATURE_MAP_NAMES}")
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/linear_attention.py needs a CUDA GPU (or --smoke on CPU)")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    if args.smoke:
+        args.rep_ms = 1
+    bandwidth = copy_bandwidth() if device.type == "cuda" else None
+    name = bm.device_name(device)
+    print(f"device: {name}; torch {torch.__version__}"
+          + (f"; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write)" if bandwidth else "")
+          + f"; kernel configs: {os.environ.get('LINCOMPRESS_LINEAR_ATTENTION_CONFIGS') or 'committed table'}")
+    report = {"device": name, "environment": bm.environment(device), "copy_bandwidth_Bps": bandwidth,
+              "layout": args.layout, "feature_maps": args.feature_maps, "dtype": str(dtype),
+              "kernel_configs": os.environ.get("LINCOMPRESS_LINEAR_ATTENTION_CONFIGS") or "committed table",
+              "shapes": []}  # fmt: skip
+    for shape in ([SMOKE_SHAPE] if args.smoke else [SHAPES[s] for s in args.shapes]):
+        result = run_shape(shape, args, device, dtype, bandwidth)
         report["shapes"].append(result)
         print_table(result)
-    print(report["fla"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+        atomic.write_json(args.out, report)
+    report["dispatch_overhead_cpu_us"] = dispatch_overhead()
+    print("dispatch overhead (CPU, a backend doing no work): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in report["dispatch_overhead_cpu_us"].items()))  # fmt: skip
+    atomic.write_json(args.out, report)
     print(f"wrote {args.out}")
+    return report
 
 
 if __name__ == "__main__":

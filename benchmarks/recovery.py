@@ -1,6 +1,7 @@
 """Recovery benchmark: does recovery close the gap to the original, and what does a step cost at Wan-1.3B shape?
 
     python benchmarks/recovery.py --out results/ [--tiny-steps 400] [--skip-wan13]
+    python benchmarks/recovery.py --skip-tiny --timed-steps 2      # part 2 only: fused vs unfused s/step
 
 Part 1 (tiny Wan-configured model; the trained shapes teacher when its weights exist,
 else random weights): velocity error of the fixed hybrid to the original model on
@@ -10,9 +11,14 @@ for a uniform heuristic selection (no recovery / ADM / MSE).
 
 Part 2 (diffusers WanTransformer3DModel at the Wan2.1-1.3B shape, random weights, bf16
 autocast, gradient checkpointing, batch 1): seconds per ADM training step with the
-selective-transfer hybrid, while every site is still hybrid (both branches run) and
-once K = 21 of 30 sites are frozen linear (their softmax branch is skipped). Falls
-back to fewer latent frames when the full 21-frame latent does not fit.
+selective-transfer hybrid (``--feature-map``, default Hedgehog), while every site is still
+hybrid (both branches run) and once K = 21 of 30 sites are frozen linear (their softmax
+branch is skipped). Each phase is timed twice in the same run on the same random draws:
+``fused`` (the op applies the feature map in its kernels) and ``unfused`` (the map in
+PyTorch, the op with ``identity`` at Dk = 2 D for Hedgehog: the path before the fused
+maps; ``--no-compare-unfused`` skips it); ``speedup_*`` = unfused / fused. Falls back to
+fewer latent frames when the full 21-frame latent does not fit. ``--wan13-tiny`` runs
+part 2 on a 3-layer toy Wan (on a CPU too), to check the script.
 
 Writes ``recovery.json`` (and prints every number).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,11 +38,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _write(out: Path, results: dict) -> None:
@@ -153,111 +155,162 @@ def part_tiny(args, device: torch.device, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------- part 2: speed at Wan-1.3B shape
-def wan13_target(frames: int):
+WAN13 = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+             text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN13_TINY = dict(WAN13, num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=32, ffn_dim=64,
+                  num_layers=3, rope_max_seq_len=64)  # --wan13-tiny: the same code path on a CPU, in seconds
+PATHS = ("fused", "unfused")  # fused: the op applies the feature map; unfused: PyTorch map + identity op (before)
+
+
+def wan13_target(frames: int, device: torch.device, tiny: bool = False):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
     from lincompress import Target
 
-    with torch.device("cuda"):
+    config = WAN13_TINY if tiny else WAN13
+    with torch.device(device):
         torch.manual_seed(0)
-        model = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-            text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-            eps=1e-6, rope_max_seq_len=1024,
-        ).eval()
-    latent = (16, frames, 60, 104)
+        model = WanTransformer3DModel(**config).eval()
+    latent = (16, frames, 4, 6) if tiny else (16, frames, 60, 104)
+    text_dim, text_tokens = config["text_dim"], (8 if tiny else 512)
 
     def conditions(batch: int, generator: torch.Generator) -> dict:
-        return {"encoder_hidden_states": torch.randn(batch, 512, 4096, generator=generator)}
+        return {"encoder_hidden_states": torch.randn(batch, text_tokens, text_dim, generator=generator)}
 
     def example_inputs(batch: int) -> dict:  # small latent: discovery only needs the structure
         g = torch.Generator().manual_seed(1)
-        return {"hidden_states": torch.randn(batch, 16, 1, 4, 4, generator=g).cuda(), "timestep": torch.full((batch,), 500.0).cuda(),
-                "encoder_hidden_states": torch.randn(batch, 8, 4096, generator=g).cuda(), "return_dict": False}
+        return {"hidden_states": torch.randn(batch, 16, 1, 4, 4, generator=g).to(device),
+                "timestep": torch.full((batch,), 500.0).to(device),
+                "encoder_hidden_states": torch.randn(batch, 8, text_dim, generator=g).to(device), "return_dict": False}
 
     return Target(model=model, example_inputs=example_inputs, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
                   conditions=conditions, latent_shape=latent, name="wan2.1-1.3b-shape")
 
 
-def time_steps(trainer, ctx, first_step: int, n: int) -> list[float]:
+def _sync_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(trainer, ctx, first_step: int, n: int, device: torch.device) -> list[float]:
     times = []
     for i in range(n):
-        _sync()
+        _sync_device(device)
         t0 = time.perf_counter()
         trainer._train_step(ctx, first_step + i)
-        _sync()
+        _sync_device(device)
         times.append(time.perf_counter() - t0)
     return times
 
 
 @torch.no_grad()
-def time_forward(model, target, ctx, n: int = 2) -> float:
+def time_forward(model, target, ctx, device: torch.device, n: int = 2) -> float:
     from lincompress.recovery.sampling import ConditionSource
 
-    cond = {k: v.cuda() for k, v in ConditionSource(target)(1, torch.Generator().manual_seed(0)).items()}
-    x = torch.randn(1, *target.latent_shape, device="cuda")
+    cond = {k: v.to(device) for k, v in ConditionSource(target)(1, torch.Generator().manual_seed(0)).items()}
+    x = torch.randn(1, *target.latent_shape, device=device)
     sigma = torch.tensor([0.5])
     ctx.velocity(model, x, sigma, cond)
-    _sync()
+    _sync_device(device)
     t0 = time.perf_counter()
     for _ in range(n):
         ctx.velocity(model, x, sigma, cond)
-    _sync()
+    _sync_device(device)
     return (time.perf_counter() - t0) / n
 
 
-def _wan13_attempt(args, work: Path, frames: int, row: dict) -> None:
+def set_fused(model, fused: bool) -> None:
+    """Every site applies its feature map in the op (fused) or in PyTorch with an identity op (the path before)."""
+    from lincompress.attention import iter_sites
+
+    for _, site in iter_sites(model):
+        site.feature_map_q.fused = site.feature_map_k.fused = fused
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def _wan13_attempt(args, work: Path, frames: int, row: dict, device: torch.device) -> None:
     from lincompress import Pipeline, passes
     from lincompress.recovery.selective import SelectiveConfig
     from lincompress.recovery.trainer import RecoveryConfig, Trainer
 
-    target = wan13_target(frames)
+    target = wan13_target(frames, device, args.wan13_tiny)
     row["params"] = sum(p.numel() for p in target.model.parameters())
     state = Pipeline([passes.FindAttention(), passes.Hybridize(feature_map=args.feature_map)]).run(target)
     row["sites"] = len(state.candidates)
     config = RecoveryConfig(objective="adm", objective_options={"sampler_steps": 4}, steps=1000, batch_size=1,
-                            lr=1e-5, gradient_checkpointing=True, samples=0, device="cuda", seed=0)
+                            lr=1e-5, gradient_checkpointing=True, samples=0, device=device.type, seed=0)
     trainer = Trainer(target, state.model, config, work / f"wan13-{frames}",
                       selective=SelectiveConfig(target_linear=0.7), progress=False)
     ctx = trainer._context(None)
-    row["teacher_forward_s"] = time_forward(target.model, target, ctx)
-    row["warmup_step_s"] = time_steps(trainer, ctx, 0, 1)[0]
-    draws = trainer.generator.get_state()  # both phases replay the same random stop indices / t
-    hybrid = time_steps(trainer, ctx, 1, args.timed_steps)
-    row.update({"s_per_step_all_hybrid": sum(hybrid) / len(hybrid), "steps_all_hybrid": hybrid,
-                "peak_memory_gib_hybrid": torch.cuda.max_memory_allocated() / 2**30})
+    paths = PATHS if args.compare_unfused else PATHS[:1]
+    row["paths"] = list(paths)
+    row["teacher_forward_s"] = time_forward(target.model, target, ctx, device)
+    row["warmup_step_s"] = time_steps(trainer, ctx, 0, 1, device)[0]
+    draws = trainer.generator.get_state()  # every phase and path replays the same random stop indices / t
+    step = 1
+    for path in paths:  # phase 1: every site still hybrid (both branches run)
+        set_fused(state.model, path == "fused")
+        if path != "fused":  # the first step on a new path pays one-time costs (allocator growth)
+            time_steps(trainer, ctx, step, 1, device)
+            step += 1
+        trainer.generator.set_state(draws)
+        times = time_steps(trainer, ctx, step, args.timed_steps, device)
+        step += args.timed_steps
+        row[f"s_per_step_all_hybrid_{path}"] = sum(times) / len(times)
+        row[f"steps_all_hybrid_{path}"] = times
+    row["peak_memory_gib_hybrid"] = _peak_gib(device)
     reg = trainer.regularizer
     for name, site in trainer.sites[: reg.k]:  # freeze K sites (first K; timing does not depend on which)
-        reg._freeze(name, site, 1 + args.timed_steps)
-    trainer.generator.set_state(draws)
-    frozen = time_steps(trainer, ctx, 1 + args.timed_steps, args.timed_steps)
-    row["student_forward_frozen_s"] = time_forward(state.model, target, ctx)
+        reg._freeze(name, site, step)
+    for path in paths:  # phase 2: K sites frozen linear (their softmax branch is skipped)
+        set_fused(state.model, path == "fused")
+        trainer.generator.set_state(draws)
+        times = time_steps(trainer, ctx, step, args.timed_steps, device)
+        step += args.timed_steps
+        row[f"s_per_step_k_frozen_linear_{path}"] = sum(times) / len(times)
+        row[f"steps_frozen_{path}"] = times
+        row[f"student_forward_frozen_s_{path}"] = time_forward(state.model, target, ctx, device)
+    set_fused(state.model, True)
     row.update({
-        "k_linear": reg.k, "s_per_step_k_frozen_linear": sum(frozen) / len(frozen), "steps_frozen": frozen,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "ok": True,
-    })
-    print(f"[wan13] s/step all-hybrid {row['s_per_step_all_hybrid']:.2f}, with {reg.k} frozen linear "
-          f"{row['s_per_step_k_frozen_linear']:.2f}; teacher fwd {row['teacher_forward_s']:.2f} s, "
-          f"student fwd (K linear) {row['student_forward_frozen_s']:.2f} s; peak {row['peak_memory_gib']:.1f} GiB",
-          flush=True)
+        "k_linear": reg.k, "peak_memory_gib": _peak_gib(device), "ok": True,
+        "s_per_step_all_hybrid": row["s_per_step_all_hybrid_fused"],
+        "s_per_step_k_frozen_linear": row["s_per_step_k_frozen_linear_fused"],
+    })  # fmt: skip
+    if args.compare_unfused:
+        for phase in ("all_hybrid", "k_frozen_linear"):
+            row[f"speedup_{phase}"] = row[f"s_per_step_{phase}_unfused"] / row[f"s_per_step_{phase}_fused"]
+    for path in paths:
+        print(f"[wan13] {args.feature_map} {path:7s}: s/step all-hybrid {row[f's_per_step_all_hybrid_{path}']:.2f}, "
+              f"with {reg.k} frozen linear {row[f's_per_step_k_frozen_linear_{path}']:.2f}; "
+              f"student fwd (K linear) {row[f'student_forward_frozen_s_{path}']:.2f} s", flush=True)
+    if args.compare_unfused:
+        print(f"[wan13] fused vs unfused: {row['speedup_all_hybrid']:.2f}x all-hybrid, "
+              f"{row['speedup_k_frozen_linear']:.2f}x K frozen; teacher fwd {row['teacher_forward_s']:.2f} s; "
+              f"peak {row['peak_memory_gib'] or 0:.1f} GiB", flush=True)
 
 
-def part_wan13(args, work: Path) -> dict:
+def part_wan13(args, work: Path, device: torch.device) -> dict:
     import gc
 
-    results: dict = {"attempts": []}
+    results: dict = {"attempts": [], "feature_map": args.feature_map, "tiny": args.wan13_tiny}
     for frames in args.frames:
         gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        row: dict = {"frames": frames, "latent": [16, frames, 60, 104], "video_tokens": frames * 30 * 52}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        latent_hw = (4, 6) if args.wan13_tiny else (60, 104)
+        row: dict = {"frames": frames, "latent": [16, frames, *latent_hw],
+                     "video_tokens": frames * latent_hw[0] * latent_hw[1] // 4}  # fmt: skip
         results["attempts"].append(row)
         print(f"[wan13] frames={frames} tokens={row['video_tokens']}", flush=True)
         try:
-            _wan13_attempt(args, work, frames, row)
+            _wan13_attempt(args, work, frames, row, device)
         except torch.cuda.OutOfMemoryError as exc:
-            row.update(ok=False, error=f"OOM: {str(exc).splitlines()[0][:200]}",
-                       peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30)
+            row.update(ok=False, error=f"OOM: {str(exc).splitlines()[0][:200]}", peak_memory_gib=_peak_gib(device))
             print(f"[wan13] frames={frames}: out of memory", flush=True)
             continue
         results["result"] = row
@@ -265,7 +318,7 @@ def part_wan13(args, work: Path) -> dict:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
     parser.add_argument("--tiny-steps", type=int, default=400)
@@ -273,25 +326,30 @@ def main() -> None:
     parser.add_argument("--timed-steps", type=int, default=3)
     parser.add_argument("--frames", type=int, nargs="+", default=[21, 13, 5])
     parser.add_argument("--feature-map", default="hedgehog")
+    parser.add_argument("--compare-unfused", action=argparse.BooleanOptionalAction, default=True,
+                        help="part 2 also times the unfused feature-map path (PyTorch map + identity op) in the same run")
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--ablation", action="store_true", help="part 1 runs ADM variants and learned+MSE instead")
     parser.add_argument("--skip-wan13", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--wan13-tiny", action="store_true", help="part 2 on a 3-layer toy Wan (runs on a CPU)")
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     import lincompress
     from lincompress.kernels import HAS_TRITON
 
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                     "torch": torch.__version__, "triton_kernels": HAS_TRITON, "lincompress": lincompress.__version__}
+                     "torch": torch.__version__, "triton_kernels": HAS_TRITON, "lincompress": lincompress.__version__,
+                     "kernel_configs": os.environ.get("LINCOMPRESS_LINEAR_ATTENTION_CONFIGS") or "committed table"}
     work = Path(tempfile.mkdtemp(prefix="lincompress-bench-"))
     if not args.skip_tiny:
         results["tiny_ablation" if args.ablation else "tiny"] = part_tiny(args, device, work)
         _write(args.out, results)
-    if not args.skip_wan13 and device.type == "cuda":
-        results["wan13"] = part_wan13(args, work)
+    if not args.skip_wan13 and (device.type == "cuda" or args.wan13_tiny):
+        results["wan13"] = part_wan13(args, work, device)
         _write(args.out, results)
     _write(args.out, results)
     print(json.dumps({k: v for k, v in results.items() if not k.startswith("tiny")}, indent=1, default=str)[:3000])
+    return results
 
 
 if __name__ == "__main__":

@@ -19,9 +19,13 @@ for runtimes without function support.
 
 Function body, per head (inputs ``[B, H, N, D]`` for ``bhnd``, ``[B, N, H, D]`` for ``bnhd``)::
 
-    f = identity | relu | elu(x)+1        (selected by the feature_map attribute)
+    f = one branch per feature map of lincompress.ops.spec (identity, relu, elu(x)+1,
+        hedgehog = Concat(Softmax(x), Softmax(-x)), ...), selected by the feature_map attribute
     S = f(K)^T V,  z = sum_n f(K)
     O = f(Q) S / (f(Q) z + eps)           (fp32 accumulation, cast back to V's type)
+
+Each branch is the map's own ONNX recipe from the spec (``FeatureMapSpec.onnx``), which
+``decompose=True`` emits too, so a new feature map needs no edit here.
 
 Softmax sites keep what the original model does: ``scaled_dot_product_attention``
 (lowered by the ONNX exporter to ``MatMul -> Softmax -> MatMul``) or the hand-written
@@ -39,7 +43,7 @@ import torch
 
 from lincompress.errors import LinCompressError
 from lincompress.exporters._common import ExportSource, dynamic_axes, export_program, write_sidecar
-from lincompress.ops.linear_attention import ELEMENTWISE_FEATURE_MAPS, LAYOUTS
+from lincompress.ops import spec
 
 DOMAIN = "lincompress"
 OP_TYPE = "LinearAttention"
@@ -95,24 +99,30 @@ def linear_attention_function(opset: int = DEFAULT_OPSET):
         return node("If", ["is_bnhd"], [f"{tag}_h"], then_branch=then_g, else_branch=else_g)
 
     def feature(x: str, tag: str) -> str:
-        relu_g = branch(f"{tag}_relu", [helper.make_node("Relu", [x], [f"{tag}_r"])], f"{tag}_r")
-        elu_g = branch(f"{tag}_elu1", [
-            helper.make_node("Elu", [x], [f"{tag}_e0"], alpha=1.0),
-            helper.make_node("Add", [f"{tag}_e0", "one"], [f"{tag}_e"]),
-        ], f"{tag}_e")
-        ident_g = branch(f"{tag}_identity", [helper.make_node("Identity", [x], [f"{tag}_id"])], f"{tag}_id")
-        rest_g = branch(f"{tag}_not_relu", [
-            helper.make_node("If", ["is_elu1"], [f"{tag}_ne"], then_branch=elu_g, else_branch=ident_g)
-        ], f"{tag}_ne")
-        return node("If", ["is_relu"], [f"{tag}_f"], then_branch=relu_g, else_branch=rest_g)
+        # If(is <map 1>, <map 1>, If(is <map 2>, <map 2>, ... <last map>)), one branch per spec entry
+        names = list(spec.FEATURE_MAPS)
+        out, body = _branch_nodes(spec.FEATURE_MAPS[names[-1]], x, f"{tag}_{names[-1]}")
+        if len(names) == 1:
+            nodes.extend(body)
+            return node("Identity", [out], [f"{tag}_f"])
+        graph = branch(f"{tag}_{names[-1]}", body, out)
+        for name in reversed(names[1:-1]):
+            out, body = _branch_nodes(spec.FEATURE_MAPS[name], x, f"{tag}_{name}")
+            selected = f"{tag}_from_{name}"
+            graph = branch(f"{tag}_from_{name}", [
+                helper.make_node("If", [f"is_{name}"], [selected], then_branch=branch(f"{tag}_{name}", body, out),
+                                 else_branch=graph)
+            ], selected)
+        out, body = _branch_nodes(spec.FEATURE_MAPS[names[0]], x, f"{tag}_{names[0]}")
+        return node("If", [f"is_{names[0]}"], [f"{tag}_f"], then_branch=branch(f"{tag}_{names[0]}", body, out),
+                    else_branch=graph)
 
     attr_const("layout_value", "layout", "string")
     attr_const("feature_map_value", "feature_map", "string")
     attr_const("eps_value", "eps", "float")
     node("Equal", ["layout_value", string_const("bnhd_str", "bnhd")], ["is_bnhd"])
-    node("Equal", ["feature_map_value", string_const("relu_str", "relu")], ["is_relu"])
-    node("Equal", ["feature_map_value", string_const("elu1_str", "elu1")], ["is_elu1"])
-    node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+    for name in list(spec.FEATURE_MAPS)[:-1]:
+        node("Equal", ["feature_map_value", string_const(f"{name}_str", name)], [f"is_{name}"])
     node("Constant", [], ["reduce_axes"], value=helper.make_tensor("reduce_axes", TensorProto.INT64, [1], [2]))
     qh, kh, vh = to_bhnd("q", "q"), to_bhnd("k", "k"), to_bhnd("v", "v")
     qa = node("Cast", [qh], ["q32"], to=TensorProto.FLOAT)
@@ -138,14 +148,61 @@ def linear_attention_function(opset: int = DEFAULT_OPSET):
         doc_string="Bidirectional normalised linear attention (lincompress::linear_attention); see lincompress.exporters.onnx.",
     )
     fn.attribute_proto.extend([
-        helper.make_attribute("feature_map", "identity"),
-        helper.make_attribute("eps", 1e-6),
-        helper.make_attribute("layout", "bhnd"),
+        helper.make_attribute("feature_map", spec.DEFAULT_FEATURE_MAP),
+        helper.make_attribute("eps", spec.DEFAULT_EPS),
+        helper.make_attribute("layout", spec.DEFAULT_LAYOUT),
     ])
     return fn
 
 
 _ATTR_TYPES = {"string": 3, "float": 1}  # AttributeProto.STRING, AttributeProto.FLOAT
+
+
+class _NodeEmitter:
+    """``spec.OnnxEmitter`` writing NodeProtos with names under one prefix (a function-body branch)."""
+
+    def __init__(self, prefix: str) -> None:
+        from onnx import helper
+
+        self.helper, self.prefix, self.nodes = helper, prefix, []
+
+    def _name(self) -> str:
+        return f"{self.prefix}_{len(self.nodes)}"
+
+    def __call__(self, op_type: str, *inputs: str, **attrs) -> str:
+        out = self._name()
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def constant(self, value: float) -> str:
+        from onnx import TensorProto
+
+        out = self._name()
+        tensor = self.helper.make_tensor(out, TensorProto.FLOAT, [], [float(value)])
+        self.nodes.append(self.helper.make_node("Constant", [], [out], value=tensor))
+        return out
+
+
+def _branch_nodes(fmap: "spec.FeatureMapSpec", x: str, prefix: str) -> tuple[str, list]:
+    """(output name, nodes) of ``fmap``'s ONNX recipe applied to ``x``; a pass-through map gets an Identity."""
+    emit = _NodeEmitter(prefix)
+    out = fmap.onnx(emit, x)
+    if out == x:
+        out = emit("Identity", x)
+    return out, emit.nodes
+
+
+class _ScriptEmitter:
+    """``spec.OnnxEmitter`` over onnxscript ops (``decompose=True``)."""
+
+    def __init__(self, op) -> None:
+        self.op = op
+
+    def __call__(self, op_type: str, *inputs, **attrs):
+        return getattr(self.op, op_type)(*inputs, **attrs)
+
+    def constant(self, value: float):
+        return self.op.Constant(value_float=float(value))
 
 
 def _register_schema() -> None:
@@ -163,9 +220,11 @@ def _register_schema() -> None:
         outputs=[defs.OpSchema.FormalParameter("out", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"], "float types")],
         attributes=[
-            defs.OpSchema.Attribute("feature_map", onnx.helper.make_attribute("feature_map", "identity"), "identity|relu|elu1"),
-            defs.OpSchema.Attribute("eps", onnx.helper.make_attribute("eps", 1e-6), "denominator epsilon"),
-            defs.OpSchema.Attribute("layout", onnx.helper.make_attribute("layout", "bhnd"), "bhnd|bnhd"),
+            defs.OpSchema.Attribute("feature_map", onnx.helper.make_attribute("feature_map", spec.DEFAULT_FEATURE_MAP),
+                                    "|".join(spec.FEATURE_MAP_NAMES)),
+            defs.OpSchema.Attribute("eps", onnx.helper.make_attribute("eps", spec.DEFAULT_EPS), "denominator epsilon"),
+            defs.OpSchema.Attribute("layout", onnx.helper.make_attribute("layout", spec.DEFAULT_LAYOUT),
+                                    "|".join(spec.LAYOUTS)),
         ],
     )
     defs.register_schema(schema)
@@ -175,12 +234,10 @@ def _register_schema() -> None:
 
 
 def _check_attrs(feature_map: str, eps: float, layout: str) -> None:
-    if feature_map not in ELEMENTWISE_FEATURE_MAPS:
-        raise LinCompressError(f"cannot export linear attention with feature_map {feature_map!r}; use one of {ELEMENTWISE_FEATURE_MAPS}")
-    if layout not in LAYOUTS:
-        raise LinCompressError(f"cannot export linear attention with layout {layout!r}; use one of {LAYOUTS}")
-    if not eps > 0:
-        raise LinCompressError(f"cannot export linear attention with eps={eps}; it must be > 0")
+    try:
+        spec.check_attributes(feature_map, eps, layout)
+    except ValueError as exc:
+        raise LinCompressError(f"cannot export linear attention: {exc}") from None
 
 
 def _custom_node_translation():
@@ -190,7 +247,8 @@ def _custom_node_translation():
     custom = Opset(DOMAIN, DOMAIN_VERSION)
     linear_attention_op = Op(custom, OP_TYPE)
 
-    def translate(q, k, v, feature_map: str = "identity", eps: float = 1e-6, layout: str = "bhnd"):
+    def translate(q, k, v, feature_map: str = spec.DEFAULT_FEATURE_MAP, eps: float = spec.DEFAULT_EPS,
+                  layout: str = spec.DEFAULT_LAYOUT):
         _check_attrs(feature_map, eps, layout)
         return linear_attention_op(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout)
 
@@ -202,20 +260,16 @@ def _decomposed_translation(opset: int):
     from onnx import TensorProto
 
     op = onnxscript.values.Opset("", opset)
+    emit = _ScriptEmitter(op)
 
-    def feature(x, feature_map: str):
-        if feature_map == "relu":
-            return op.Relu(x)
-        if feature_map == "elu1":
-            return op.Add(op.Elu(x, alpha=1.0), op.Constant(value_float=1.0))
-        return x
-
-    def translate(q, k, v, feature_map: str = "identity", eps: float = 1e-6, layout: str = "bhnd"):
+    def translate(q, k, v, feature_map: str = spec.DEFAULT_FEATURE_MAP, eps: float = spec.DEFAULT_EPS,
+                  layout: str = spec.DEFAULT_LAYOUT):
         _check_attrs(feature_map, eps, layout)
+        feature = spec.FEATURE_MAPS[feature_map].onnx
         if layout == "bnhd":
             q, k, v = (op.Transpose(t, perm=[0, 2, 1, 3]) for t in (q, k, v))
-        qf = feature(op.Cast(q, to=TensorProto.FLOAT), feature_map)
-        kf = feature(op.Cast(k, to=TensorProto.FLOAT), feature_map)
+        qf = feature(emit, op.Cast(q, to=TensorProto.FLOAT))
+        kf = feature(emit, op.Cast(k, to=TensorProto.FLOAT))
         state = op.MatMul(op.Transpose(kf, perm=[0, 1, 3, 2]), op.Cast(v, to=TensorProto.FLOAT))
         z = op.ReduceSum(kf, op.Constant(value_ints=[2]), keepdims=1)
         den = op.Add(op.MatMul(qf, op.Transpose(z, perm=[0, 1, 3, 2])), op.Constant(value_float=float(eps)))

@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from lincompress.feature_maps import FeatureMap, make_feature_map
 from lincompress.ops import linear_attention
-from lincompress.ops.linear_attention import apply_elementwise_feature_map
+from lincompress.ops.spec import feature_map_spec
 from lincompress.scores import logit_for_score, rectified_sigmoid
 
 MODES: tuple[str, ...] = ("hybrid", "softmax", "linear")
@@ -74,7 +74,14 @@ class HybridAttention(nn.Module):
         self.mode = mode
 
     def linear_branch(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """Linear attention over the learned feature maps; ``key_mask`` ([B, 1|H, 1, Nk] bool) drops keys."""
+        """Linear attention over the learned feature maps; ``key_mask`` ([B, 1|H, 1, Nk] bool) drops keys.
+
+        The op gets the projected q/k and the map's name, so the kernels apply the map
+        (Hedgehog too). Masked keys are set to the map's ``masked_key_fill`` (features
+        exactly zero) inside the same fused call; a map without one (Hedgehog: a softmax
+        is never zero) is applied here instead, its masked key features zeroed, and the
+        op gets ``identity``; likewise when the map is not ``fused``.
+        """
         squeeze = q.dim() == 3
         if squeeze:
             q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
@@ -82,12 +89,14 @@ class HybridAttention(nn.Module):
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         fq, fk = self.feature_map_q(q), self.feature_map_k(k)
-        elementwise = self.feature_map_q.elementwise
+        name = self.feature_map_q.name
+        fill = feature_map_spec(name).masked_key_fill
+        if not self.feature_map_q.fused or (key_mask is not None and fill is None):
+            fq, fk = self.feature_map_q.features(fq), self.feature_map_k.features(fk)
+            name, fill = "identity", 0.0
         if key_mask is not None:
-            fk = apply_elementwise_feature_map(fk, elementwise) * key_mask.transpose(-1, -2).to(fk.dtype)
-            fq = apply_elementwise_feature_map(fq, elementwise)
-            elementwise = "identity"
-        out = linear_attention(fq, fk, v, feature_map=elementwise, eps=self.eps, layout="bhnd")
+            fk = fk.masked_fill(key_mask.transpose(-1, -2).logical_not(), fill)
+        out = linear_attention(fq, fk, v, feature_map=name, eps=self.eps, layout="bhnd")
         return out.squeeze(1) if squeeze else out
 
     def forward(

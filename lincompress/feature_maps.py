@@ -1,97 +1,62 @@
 """Learnable feature maps phi for linear attention, one instance per attention site.
 
 Each map is a per-head linear projection of q/k (initialised to the identity so the
-projected features start equal to the original q/k) followed by a non-negative map.
-The elementwise maps (``relu``, ``elu1``) are *not* applied here: they are passed to
-``lincompress::linear_attention`` by name so the fused kernels apply them on the
-fly. Hedgehog's softmax map is not elementwise, so it runs here and the op gets
-``identity``.
+projected features start equal to the original q/k) followed by one of the op's
+feature maps (``lincompress.ops.spec``), which is *not* applied here: its name is
+passed to ``lincompress::linear_attention`` so the fused kernels apply it in registers
+(Hedgehog's ``[softmax(x), softmax(-x)]`` included). ``features`` applies the whole
+map in PyTorch, for the paths that keep it outside the op (``fused = False``, and
+key-padding masks with Hedgehog, whose features cannot be zeroed through the op's input).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor, nn
 
-FEATURE_MAPS: tuple[str, ...] = ("relu", "elu1", "hedgehog")
+from lincompress.ops.spec import SITE_FEATURE_MAPS, feature_map_spec
+
+FEATURE_MAPS: tuple[str, ...] = SITE_FEATURE_MAPS  # relu, elu1, hedgehog: what a site can learn
 
 
 class FeatureMap(nn.Module):
-    """Per-head projection ``x @ W_h (+ b_h)`` on ``[B, H, N, D]`` tensors.
+    """Per-head projection ``x @ W_h + b_h`` on ``[B, H, N, D]`` tensors; the op applies map ``name``.
 
-    ``elementwise`` names the map the op applies after ``forward``.
+    ``fused = False`` makes the site apply the map here (``features``) and pass
+    ``identity`` to the op: the pre-fusion path, kept to measure against.
     """
 
-    elementwise: ClassVar[str] = "identity"
-    name: ClassVar[str] = ""
-
-    def __init__(self, num_heads: int, head_dim: int) -> None:
+    def __init__(self, name: str, num_heads: int, head_dim: int) -> None:
         super().__init__()
+        if name not in FEATURE_MAPS:
+            raise ValueError(f"unknown feature map {name!r}; choose one of {FEATURE_MAPS}")
+        self.name = name
+        self.fused = True
         eye = torch.eye(head_dim).expand(num_heads, head_dim, head_dim).clone()
         self.weight = nn.Parameter(eye)
         self.bias = nn.Parameter(torch.zeros(num_heads, 1, head_dim))
 
-    @property
-    def out_dim(self) -> int:
-        return self.weight.shape[-1]
+    def extra_repr(self) -> str:
+        return f"{self.name}, heads={self.weight.shape[0]}, head_dim={self.weight.shape[1]}"
 
-    def project(self, x: Tensor) -> Tensor:
+    @property
+    def feature_dim(self) -> int:
+        """Width of phi(x) (2 x head_dim for Hedgehog)."""
+        return feature_map_spec(self.name).expansion * self.weight.shape[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The projection (what the op receives); x's dtype."""
         if x.shape[1] != self.weight.shape[0] or x.shape[-1] != self.weight.shape[1]:
             raise ValueError(
                 f"feature map expects [B, {self.weight.shape[0]}, N, {self.weight.shape[1]}] inputs, got {tuple(x.shape)}"
             )
-        w = self.weight.to(x.dtype)
-        return torch.matmul(x, w) + self.bias.to(x.dtype)
+        return torch.matmul(x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.project(x)
-
-
-class ReLUFeatureMap(FeatureMap):
-    """phi(x) = relu(x W + b)."""
-
-    elementwise = "relu"
-    name = "relu"
-
-
-class EluFeatureMap(FeatureMap):
-    """phi(x) = elu(x W + b) + 1 (Katharopoulos et al., 2020)."""
-
-    elementwise = "elu1"
-    name = "elu1"
-
-
-class HedgehogFeatureMap(FeatureMap):
-    """phi(x) = [softmax(x W), softmax(-x W)] (Zhang et al., 2024, "The Hedgehog & the Porcupine").
-
-    Spiky and monotone like softmax attention weights; output dim is 2 * head_dim.
-    The softmax is taken in fp32 for stability and returned in x's dtype.
-    """
-
-    name = "hedgehog"
-
-    @property
-    def out_dim(self) -> int:
-        return 2 * self.weight.shape[-1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.project(x).float()
-        return torch.cat([torch.softmax(z, dim=-1), torch.softmax(-z, dim=-1)], dim=-1).to(x.dtype)
-
-
-_REGISTRY: dict[str, type[FeatureMap]] = {
-    "relu": ReLUFeatureMap,
-    "elu1": EluFeatureMap,
-    "hedgehog": HedgehogFeatureMap,
-}
+    def features(self, projected: Tensor) -> Tensor:
+        """phi of an already projected tensor, in PyTorch (fp32 maths, x's dtype out)."""
+        return feature_map_spec(self.name).phi(projected.float()).to(projected.dtype)
 
 
 def make_feature_map(name: str, num_heads: int, head_dim: int) -> FeatureMap:
     """Build the named feature map; one-line error for unknown names."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown feature map {name!r}; choose one of {FEATURE_MAPS}") from None
-    return cls(num_heads, head_dim)
+    return FeatureMap(name, num_heads, head_dim)

@@ -25,19 +25,20 @@ Do not add ``from __future__ import annotations`` to this module: ``tensorrt.plu
 reads the registered functions' annotations as real types.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
+
+from lincompress.ops import spec
 
 PLUGIN_NAMESPACE = "lincompress"  # == the ONNX node's domain: the parser's fallback looks plugins up by it
 PLUGIN_NAME = "LinearAttention"  # == the ONNX node's op_type
 PLUGIN_VERSION = "1"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 
-FEATURE_MAPS = ("identity", "relu", "elu1")
-LAYOUTS = ("bhnd", "bnhd")
+FEATURE_MAPS = spec.FEATURE_MAP_NAMES  # the op's vocabulary: the plugin serves every op attribute value
+LAYOUTS = spec.LAYOUTS
 # TensorRT DataType names the plugin accepts (all inputs and the output share one).
 TRT_TYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16}
 # tensorrt.plugin AutoTuneCombination spelling of the same types.
@@ -79,38 +80,30 @@ def _as_float(value: Any) -> float:
         raise ValueError(f"LinearAttention: eps must be a number, got {value!r}") from None
 
 
-def parse_attributes(feature_map: Any = "identity", eps: Any = 1e-6, layout: Any = "bhnd") -> LinearAttentionAttrs:
+def _plugin_error(fn, *args):
+    """Run a spec check; its ValueError gets the plugin's ``LinearAttention:`` prefix."""
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise ValueError(f"LinearAttention: {exc}") from None
+
+
+def parse_attributes(feature_map: Any = spec.DEFAULT_FEATURE_MAP, eps: Any = spec.DEFAULT_EPS,
+                     layout: Any = spec.DEFAULT_LAYOUT) -> LinearAttentionAttrs:
     """Validate the node attributes (the ONNX node's, as TensorRT passes them to the plugin)."""
     fm, lay, e = _as_str(feature_map), _as_str(layout), _as_float(eps)
-    if fm not in FEATURE_MAPS:
-        raise ValueError(f"LinearAttention: feature_map {fm!r} is not one of {FEATURE_MAPS}")
-    if lay not in LAYOUTS:
-        raise ValueError(f"LinearAttention: layout {lay!r} is not one of {LAYOUTS}")
-    if not (math.isfinite(e) and e > 0):
-        raise ValueError(f"LinearAttention: eps must be a finite number > 0, got {e}")
+    _plugin_error(spec.check_attributes, fm, e, lay)
     return LinearAttentionAttrs(fm, e, lay)
 
 
 def output_shape(q_shape: Sequence[Any], v_shape: Sequence[Any]) -> Tuple[Any, ...]:
     """Output dims from input dims (ints or TensorRT shape expressions; both layouts keep q's first three axes)."""
-    if len(q_shape) != 4 or len(v_shape) != 4:
-        raise ValueError(f"LinearAttention: q and v must be 4-D, got ranks {len(q_shape)} and {len(v_shape)}")
-    return (q_shape[0], q_shape[1], q_shape[2], v_shape[3])
+    return _plugin_error(spec.output_shape, q_shape, v_shape)
 
 
 def check_shapes(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[int], layout: str) -> None:
-    """Concrete-shape checks (what the op's ``check_inputs`` enforces), for the launch."""
-    head, token = (1, 2) if layout == "bhnd" else (2, 1)
-    if not (len(q_shape) == len(k_shape) == len(v_shape) == 4):
-        raise ValueError("LinearAttention: q, k, v must be 4-D")
-    if not (q_shape[0] == k_shape[0] == v_shape[0]):
-        raise ValueError("LinearAttention: q, k, v must share the batch size")
-    if not (q_shape[head] == k_shape[head] == v_shape[head]):
-        raise ValueError("LinearAttention: q, k, v must share the number of heads")
-    if k_shape[token] != v_shape[token]:
-        raise ValueError("LinearAttention: k and v must have the same number of tokens")
-    if q_shape[3] != k_shape[3]:
-        raise ValueError("LinearAttention: q and k feature dims differ")
+    """Concrete-shape checks (the op's, from the spec), for the launch."""
+    _plugin_error(spec.check_shapes, q_shape, k_shape, v_shape, layout)
 
 
 def _type_name(dtype: Any) -> str:

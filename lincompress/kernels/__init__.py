@@ -1,23 +1,18 @@
 """CUDA implementations of lincompress's custom ops (Triton).
 
-Importing this package registers the fused Triton kernels as the ``cuda`` kernels of
-``lincompress::linear_attention`` and its backward, so eager autograd,
-``torch.compile`` and ``torch.export`` use them on GPU. Without Triton nothing is
-registered and every device keeps the PyTorch reference; inputs the kernels do not
-cover (float64, head dims over 256) also fall back to the reference.
+Importing this package registers the fused Triton kernels as the ``cuda`` backend of
+``lincompress::linear_attention`` and its backward (``ops.linear_attention.register_backend``),
+so eager autograd, ``torch.compile`` and ``torch.export`` use them on GPU. Without Triton
+nothing is registered and every device keeps the PyTorch reference; inputs the kernels
+do not cover (float64, head dims over 256, a feature map without fused code) also fall
+back to the reference.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from lincompress.ops.linear_attention import (
-    linear_attention_backward_op,
-    linear_attention_backward_reference,
-    linear_attention_op,
-    linear_attention_reference,
-)
+from lincompress.ops.linear_attention import REFERENCE_BACKEND, Backend, register_backend
 
 try:
     from lincompress.kernels import linear_attention_triton as _triton_impl
@@ -27,24 +22,21 @@ except ImportError:  # triton missing (or broken): the reference stays the only 
 HAS_TRITON: bool = _triton_impl is not None
 
 
-def _linear_attention_cuda(q: Tensor, k: Tensor, v: Tensor, feature_map: str, eps: float, layout: str) -> Tensor:
-    if not _triton_impl.supports(q, k, v):
-        with torch.no_grad():
-            return linear_attention_reference(q, k, v, feature_map, eps, layout).contiguous()
-    return _triton_impl.linear_attention_forward_triton(q, k, v, feature_map, eps, layout)
+def _forward_cuda(q: Tensor, k: Tensor, v: Tensor, feature_map: str, eps: float, layout: str, keep_state: bool):
+    if not _triton_impl.supports(q, k, v, feature_map):
+        return REFERENCE_BACKEND.forward(q, k, v, feature_map, eps, layout, keep_state)
+    out, state = _triton_impl.forward(q, k, v, feature_map, eps, layout)
+    return out, (state if keep_state else None)
 
 
-def _linear_attention_backward_cuda(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, feature_map: str, eps: float, layout: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    if not _triton_impl.supports(q, k, v):
-        grads = linear_attention_backward_reference(grad_out, q, k, v, feature_map, eps, layout)
-        return tuple(g.contiguous() for g in grads)
-    return _triton_impl.linear_attention_backward_triton(grad_out, q, k, v, feature_map, eps, layout)
+def _backward_cuda(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, state: Tensor | None, feature_map: str,
+                   eps: float, layout: str):  # fmt: skip
+    if not _triton_impl.supports(q, k, v, feature_map):
+        return REFERENCE_BACKEND.backward(grad_out, q, k, v, state, feature_map, eps, layout)
+    return _triton_impl.backward(grad_out, q, k, v, state, feature_map, eps, layout)
 
 
 if HAS_TRITON:
-    linear_attention_op.register_kernel("cuda")(_linear_attention_cuda)
-    linear_attention_backward_op.register_kernel("cuda")(_linear_attention_backward_cuda)
+    register_backend("cuda", Backend(_forward_cuda, _backward_cuda))
 
 __all__ = ["HAS_TRITON"]

@@ -33,5 +33,5 @@ def expected_counts():
 
 @pytest.fixture(scope="session")
 def fixed_wan():
-    """Tiny Wan, default Hedgehog feature map (the op sees feature_map="identity"), K = 1 of 2."""
+    """Tiny Wan, default Hedgehog feature map (one LinearAttention node with feature_map="hedgehog"), K = 1 of 2."""
     return _fixed_state("wan", "hedgehog")

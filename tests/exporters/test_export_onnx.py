@@ -22,6 +22,7 @@ from lincompress.exporters.onnx import (  # noqa: E402
     export_onnx,
     linear_attention_function,
 )
+from lincompress.ops import spec  # noqa: E402
 from lincompress.ops.linear_attention import linear_attention_reference  # noqa: E402
 
 ATOL = 1e-4
@@ -84,7 +85,7 @@ def test_checker_and_node_counts(which, hand_export, wan_export, expected_counts
     nodes = [n for n in model.graph.node if n.op_type == OP_TYPE]
     assert all(n.domain == DOMAIN for n in nodes)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
-    expected_map = "relu" if which == "hand" else "identity"  # Hedgehog applies its map before the op
+    expected_map = "relu" if which == "hand" else "hedgehog"  # the node applies the site's map itself
     assert attrs == {"feature_map": expected_map.encode(), "eps": pytest.approx(1e-6), "layout": b"bhnd"}
     assert [f.name for f in model.functions] == [OP_TYPE]
     assert {(o.domain, o.version) for o in model.opset_import} >= {("", 19), (DOMAIN, 1)}
@@ -141,8 +142,8 @@ def _single_node_model(feature_map: str, layout: str, dtype) -> "onnx.ModelProto
 
 
 @pytest.mark.parametrize(("feature_map", "layout", "dtype"),
-                         [(f, lay, np.float32) for f, lay in itertools.product(("identity", "relu", "elu1"), ("bhnd", "bnhd"))]
-                         + [("elu1", "bnhd", np.float16)])
+                         [(f, lay, np.float32) for f, lay in itertools.product(spec.FEATURE_MAP_NAMES, ("bhnd", "bnhd"))]
+                         + [("elu1", "bnhd", np.float16), ("hedgehog", "bhnd", np.float16)])
 def test_function_body_matches_the_reference(feature_map, layout, dtype):
     """The ONNX function alone, every attribute value, odd sizes, q shorter than k/v."""
     model = _single_node_model(feature_map, layout, dtype)

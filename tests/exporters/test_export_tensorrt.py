@@ -55,7 +55,7 @@ def test_attribute_parsing_accepts_tensorrt_field_forms(raw, expected):
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(("hedgehog", 1e-6, "bhnd"), "feature_map"), (("relu", 0.0, "bhnd"), "eps"), (("relu", float("nan"), "bhnd"), "eps"),
+    [(("softplus", 1e-6, "bhnd"), "feature_map"), (("relu", 0.0, "bhnd"), "eps"), (("relu", float("nan"), "bhnd"), "eps"),
      (("relu", 1e-6, "nhbd"), "layout"), (("relu", "x", "bhnd"), "eps")],
 )
 def test_attribute_parsing_rejects_bad_values(raw, message):
@@ -86,7 +86,8 @@ def test_autotune_combination_lists_the_same_types_for_all_four_ios():
 
 
 @pytest.mark.parametrize(("feature_map", "layout", "dtype"),
-                         [("elu1", "bhnd", torch.float32), ("relu", "bnhd", torch.float32), ("identity", "bhnd", torch.float64)])
+                         [("elu1", "bhnd", torch.float32), ("relu", "bnhd", torch.float32), ("identity", "bhnd", torch.float64),
+                          ("hedgehog", "bnhd", torch.float32)])
 def test_launch_writes_the_reference_into_the_output_buffer(feature_map, layout, dtype):
     g = torch.Generator().manual_seed(0)
     shape = (lambda n, d: (2, 3, n, d)) if layout == "bhnd" else (lambda n, d: (2, n, 3, d))

@@ -27,8 +27,9 @@ from lincompress.ops.linear_attention import (  # noqa: E402
     linear_attention_reference,
 )
 
+from lincompress.kernels.linear_attention_triton import KERNELS  # noqa: E402
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
-_KERNELS = ("state", "output", "bwd_query", "bwd_key")
 
 
 def _tensor(batch: int, heads: int, tokens: int, dim: int, case: dict, gen: torch.Generator) -> torch.Tensor:
@@ -64,7 +65,10 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 def run_case(case: dict) -> dict[str, float]:
     q, k, v, grad_out = _inputs(case)
     args = (case["feature_map"], case["eps"], case["layout"])
-    configs = {name: KernelConfig(block_n=case["block_n"]) for name in _KERNELS} if case["block_n"] else None
+    configs = None
+    if case["block_n"]:
+        config = KernelConfig(block_n=case["block_n"], block_dv=case["block_dv"], split=case["split"])
+        configs = {name: config for name in KERNELS}
     out = linear_attention_forward_triton(q, k, v, *args, configs=configs)
     grads = linear_attention_backward_triton(grad_out, q, k, v, *args, configs=configs)
     q64, k64, v64, g64 = (t.double() for t in (q, k, v, grad_out))

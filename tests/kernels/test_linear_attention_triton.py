@@ -2,16 +2,16 @@
 
 CPU: the kernels run under ``TRITON_INTERPRET=1`` in one subprocess (the flag must be
 set before kernels are defined and must not leak into other tests), at tiny sizes with
-odd token counts and head dims, both layouts, every feature map, fp32 and fp16.
-bf16 is checked on GPU only: Triton's interpreter computes bf16 ``tl.dot`` wrongly
-(garbage even for a single 16x16 product), which says nothing about the kernels.
-GPU (``-m gpu``): real sizes, bf16, poisoned outputs, and dispatch of the registered
-op through autograd and ``torch.compile``.
+odd token counts (1, 37, 129) and head dims (3, 17), both layouts, every feature map of
+the op spec (Hedgehog included), both query-side backward variants (fused and split),
+fp32 and fp16. bf16 is checked on GPU only: Triton's interpreter computes bf16
+``tl.dot`` wrongly (garbage even for a single 16x16 product), which says nothing about
+the kernels. GPU (``-m gpu``): real sizes, bf16, poisoned outputs, and dispatch of the
+registered op through autograd and ``torch.compile``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -23,32 +23,41 @@ import torch
 
 pytest.importorskip("triton")
 
+from lincompress.ops import spec  # noqa: E402
+
 RUNNER = Path(__file__).with_name("interpret_runner.py")
 TOLERANCE = {"float32": 1e-5, "float16": 5e-3}
+FUSED_MAPS = tuple(name for name, s in spec.FEATURE_MAPS.items() if s.kernel_id is not None)
 
 
 def _case(case_id: str, **overrides) -> dict:
     base = dict(
         layout="bhnd", feature_map="elu1", dtype="float32", batch=2, heads=2, n_q=37, n_kv=37, dk=24, dv=40,
-        eps=1e-6, strided=False, block_n=16, seed=0,
+        eps=1e-6, strided=False, block_n=16, block_dv=0, split=0, seed=0,
     )  # fmt: skip
     return {**base, **overrides, "id": case_id}
 
 
 def _interpret_cases() -> list[dict]:
-    grid = itertools.product(("bhnd", "bnhd"), ("identity", "relu", "elu1"), ("float32", "float16"))
-    cases = [
-        _case(f"{layout}-{fm}-{dtype}", layout=layout, feature_map=fm, dtype=dtype, seed=i)
-        for i, (layout, fm, dtype) in enumerate(grid)
-    ]
+    cases = []
+    for i, fm in enumerate(FUSED_MAPS):  # every map: N 1/37/129 and D 3/17 across its cases, both layouts
+        cases += [
+            _case(f"{fm}-bhnd-n37x129-d17", feature_map=fm, n_q=37, n_kv=129, dk=17, dv=24, seed=3 * i),
+            _case(f"{fm}-bnhd-n129x37-d3-split", feature_map=fm, layout="bnhd", n_q=129, n_kv=37, dk=3, dv=17,
+                  split=1, batch=1, seed=3 * i + 1),
+            _case(f"{fm}-bnhd-fp16-n1x37-d17", feature_map=fm, layout="bnhd", dtype="float16", n_q=1, n_kv=37,
+                  dk=17, dv=16, split=i % 2, seed=3 * i + 2),
+        ]  # fmt: skip
     cases += [
-        _case("nq_ne_nkv-dv16", n_q=21, n_kv=45, dk=40, dv=16, layout="bnhd"),
+        _case("hedgehog-single-query-token", feature_map="hedgehog", n_q=1, n_kv=3, dk=3, dv=3, batch=1, heads=1),
         _case("strided-views", strided=True, feature_map="relu"),
-        _case("strided-views-bnhd", strided=True, layout="bnhd"),
+        _case("strided-views-bnhd-hedgehog", strided=True, layout="bnhd", feature_map="hedgehog", split=1),
         _case("default-configs-one-split", block_n=0, n_q=19, n_kv=70),
+        _case("default-configs-hedgehog", block_n=0, n_q=19, n_kv=70, feature_map="hedgehog", layout="bnhd"),
         _case("value-dim-blocks", dk=200, dv=136, n_q=17, n_kv=23, batch=1),
+        _case("value-dim-blocks-hedgehog", feature_map="hedgehog", block_dv=16, n_q=21, n_kv=45, heads=1),
+        _case("value-dim-blocks-split", feature_map="elu1", block_dv=16, split=1, n_q=21, n_kv=45, heads=1),
         _case("zero-feature-rows", feature_map="relu", zero_features=True),
-        _case("single-query-token", n_q=1, n_kv=3, dk=16, dv=16, batch=1, heads=1),
     ]
     return cases
 
@@ -125,7 +134,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
-@pytest.mark.parametrize("feature_map", ["relu", "elu1"])
+@pytest.mark.parametrize(("feature_map", "split"), [("relu", 0), ("elu1", 1), ("hedgehog", 0), ("hedgehog", 1)])
 @pytest.mark.parametrize(
     "dtype,dk,dv,n,n_q",
     [
@@ -137,10 +146,13 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
         (torch.bfloat16, 96, 192, 300, None),
     ],
 )
-def test_gpu_matches_reference(layout, feature_map, dtype, dk, dv, n, n_q) -> None:
+def test_gpu_matches_reference(layout, feature_map, split, dtype, dk, dv, n, n_q) -> None:
+    from dataclasses import replace
+
     from lincompress.kernels.linear_attention_triton import (
         linear_attention_backward_triton,
         linear_attention_forward_triton,
+        make_plan,
     )
     from lincompress.ops.linear_attention import linear_attention_backward_reference, linear_attention_reference
 
@@ -148,8 +160,10 @@ def test_gpu_matches_reference(layout, feature_map, dtype, dk, dv, n, n_q) -> No
     q, k, v = _gpu_inputs(layout, 2, 3, n, dk, dv, dtype, n_q)
     grad_out = torch.randn_like(linear_attention_reference(q, k, v, feature_map, 1e-6, layout))
     _poison_allocator()
+    resolved = make_plan(q, k, v, feature_map, layout).configs["bwd_query"]  # fits this shape; only the variant changes
+    configs = {"bwd_query": replace(resolved, split=split)}
     out = linear_attention_forward_triton(q, k, v, feature_map, 1e-6, layout)
-    grads = linear_attention_backward_triton(grad_out, q, k, v, feature_map, 1e-6, layout)
+    grads = linear_attention_backward_triton(grad_out, q, k, v, feature_map, 1e-6, layout, configs=configs)
     args = (feature_map, 1e-6, layout)
     wide = [t.double() for t in (grad_out, q, k, v)]
     tol = 1e-5 if dtype == torch.float32 else 1e-2
@@ -160,33 +174,41 @@ def test_gpu_matches_reference(layout, feature_map, dtype, dk, dv, n, n_q) -> No
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_op_dispatches_to_triton_in_autograd_and_compile(monkeypatch) -> None:
+@pytest.mark.parametrize("feature_map", ["elu1", "hedgehog"])
+def test_gpu_dispatch_eager_keeps_state_graphs_recompute(monkeypatch, feature_map) -> None:
+    """Eager ``linear_attention`` hands the forward's state to the backward; the op (compile, torch.ops) recomputes it."""
     import lincompress.kernels as kernels
+    from lincompress.ops import linear_attention
     from lincompress.ops.linear_attention import linear_attention_backward_reference, linear_attention_reference
 
-    calls = {"fwd": 0, "bwd": 0}
+    calls = {"fwd": 0, "bwd_with_state": 0, "bwd_recomputed": 0}
     impl = kernels._triton_impl
+    forward, backward = impl.forward, impl.backward
 
-    def counted(name: str, fn):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
+    def counted_forward(*args, **kwargs):
+        calls["fwd"] += 1
+        return forward(*args, **kwargs)
 
-        return wrapper
+    def counted_backward(grad_out, q, k, v, state, *rest, **kwargs):
+        calls["bwd_with_state" if state is not None else "bwd_recomputed"] += 1
+        return backward(grad_out, q, k, v, state, *rest, **kwargs)
 
-    monkeypatch.setattr(impl, "linear_attention_forward_triton", counted("fwd", impl.linear_attention_forward_triton))
-    monkeypatch.setattr(impl, "linear_attention_backward_triton", counted("bwd", impl.linear_attention_backward_triton))
+    monkeypatch.setattr(impl, "forward", counted_forward)
+    monkeypatch.setattr(impl, "backward", counted_backward)
 
-    def attention(q, k, v):
-        return torch.ops.lincompress.linear_attention(q, k, v, "elu1", 1e-6, "bnhd")
+    def wrapper(q, k, v):
+        return linear_attention(q, k, v, feature_map, 1e-6, "bnhd")
+
+    def op(q, k, v):
+        return torch.ops.lincompress.linear_attention(q, k, v, feature_map, 1e-6, "bnhd")
 
     q, k, v = (t.requires_grad_() for t in _gpu_inputs("bnhd", 1, 4, 1031, 64, 64, torch.bfloat16))
     wide = [t.detach().double() for t in (q, k, v)]
-    for fn in (attention, torch.compile(attention, fullgraph=True)):
+    for fn in (wrapper, torch.compile(wrapper, fullgraph=True), op):
         out = fn(q, k, v)
         grad_out = torch.randn_like(out)
         grads = torch.autograd.grad(out, (q, k, v), grad_out)
-        assert _rel(out, linear_attention_reference(*wide, "elu1", 1e-6, "bnhd")) <= 1e-2
-        want = linear_attention_backward_reference(grad_out.double(), *wide, "elu1", 1e-6, "bnhd")
+        assert _rel(out, linear_attention_reference(*wide, feature_map, 1e-6, "bnhd")) <= 1e-2
+        want = linear_attention_backward_reference(grad_out.double(), *wide, feature_map, 1e-6, "bnhd")
         assert all(_rel(g, w) <= 1e-2 for g, w in zip(grads, want))
-    assert calls == {"fwd": 2, "bwd": 2}
+    assert calls == {"fwd": 3, "bwd_with_state": 1, "bwd_recomputed": 2}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One GPU call (about 7-8 min on one H200): tune the fused linear-attention kernels, then measure
+# the op, recovery and end-to-end rows with the tuned configs, all in the same run. Results go to
+# ${OUT:-benchmarks/results}: linear_attention_tuning.json + tuned_configs.py (the table to commit:
+# cp "$OUT/tuned_configs.py" lincompress/kernels/tuned_configs.py), linear_attention.json,
+# recovery_hedgehog/recovery.json, e2e_hedgehog.json. Every stage has a wall-clock limit, writes its
+# JSON as it goes, and a stage that fails does not stop the next one. Needs diffusers for the last two.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+R=${OUT:-benchmarks/results}
+mkdir -p "$R"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+stage() {  # stage <limit s> <command...>
+    local limit=$1; shift
+    echo "== [$(date +%T)] $* (limit ${limit} s)"
+    timeout --signal=INT --kill-after=10 "$limit" "$@"
+    local rc=$?
+    echo "== [$(date +%T)] exit $rc"
+}
+stage 160 python benchmarks/tune_linear_attention.py --budget-s 120 --json "$R/linear_attention_tuning.json" --table "$R/tuned_configs.py"
+if [ -f "$R/linear_attention_tuning.json" ]; then
+    export LINCOMPRESS_LINEAR_ATTENTION_CONFIGS="$R/linear_attention_tuning.json"
+fi
+stage 70 python benchmarks/linear_attention.py --shapes wan-1.3b --rep-ms 60 --out "$R/linear_attention.json"
+stage 110 python benchmarks/recovery.py --skip-tiny --frames 21 13 --timed-steps 2 --out "$R/recovery_hedgehog"
+stage 140 python benchmarks/e2e.py --configs wan-1.3b:compile --feature-maps hedgehog --targets 0.7,1.0 \
+    --extra relu@0.7 --deadline-s 125 --time-per-variant-s 2 --json "$R/e2e_hedgehog.json"
