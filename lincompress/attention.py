@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lincompress.attention_ops import AttentionCall, AttentionInterceptor, heads_tokens_dim
+from lincompress.attention_ops import AttentionCall, AttentionInterceptor, heads_tokens_dim, run_unchanged
 from lincompress.errors import LinCompressError
 from lincompress.feature_maps import FeatureMap, make_feature_map
 from lincompress.ops import linear_attention
@@ -30,6 +31,7 @@ from lincompress.scores import logit_for_score, rectified_sigmoid
 
 MODES: tuple[str, ...] = ("hybrid", "softmax", "linear")
 SITES_ATTR = "lincompress_sites"
+NESTED_RUNNING = "_lincompress_running"  # forward depth of a module whose attention calls an outer owner must skip
 
 
 class HybridAttention(nn.Module):
@@ -150,14 +152,20 @@ class SiteRouter(AttentionInterceptor):
 
     def __init__(
         self, sites: nn.ModuleDict, track_patterns: bool, num_calls: int, *,
-        expected: tuple[CallSignature, ...] = (), owner: str = "",
+        expected: tuple[CallSignature, ...] = (), owner: str = "", nested: tuple[nn.Module, ...] = (),
     ) -> None:
         super().__init__(track_patterns)
         self.sites = sites
         self.num_calls = max(1, num_calls)
         self.expected = expected
         self.owner = owner or "a hybridized module"
+        self.nested = nested  # submodules that make attention calls of their own (they are not ours)
         self.index = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.nested and any(getattr(m, NESTED_RUNNING, 0) for m in self.nested):
+            return run_unchanged(func, args, kwargs or {})  # a call of a nested owner: discovery counts it there
+        return super().__torch_function__(func, types, args, kwargs)
 
     def _next_site(self, call: AttentionCall) -> HybridAttention | None:
         position = self.index % self.num_calls
@@ -202,8 +210,9 @@ def _routed_class(cls: type[nn.Module]) -> type[nn.Module]:
         return _ROUTED_CLASSES[cls]
 
     def forward(self, *args, **kwargs):
+        nested = tuple(self.get_submodule(path) for path in self._lincompress_nested)
         router = SiteRouter(getattr(self, SITES_ATTR), self._lincompress_track_patterns, self._lincompress_num_calls,
-                            expected=self._lincompress_expected, owner=self._lincompress_owner)
+                            expected=self._lincompress_expected, owner=self._lincompress_owner, nested=nested)
         with router:
             out = cls.forward(self, *args, **kwargs)
         router.finish()
@@ -216,18 +225,37 @@ def _routed_class(cls: type[nn.Module]) -> type[nn.Module]:
     return routed
 
 
-_OWNER_ATTRS = ("_lincompress_track_patterns", "_lincompress_num_calls", "_lincompress_expected", "_lincompress_owner")
+_OWNER_ATTRS = ("_lincompress_track_patterns", "_lincompress_num_calls", "_lincompress_expected", "_lincompress_owner",
+                "_lincompress_nested")
+
+
+def _enter_nested(module: nn.Module, args: Any) -> None:
+    setattr(module, NESTED_RUNNING, getattr(module, NESTED_RUNNING, 0) + 1)
+
+
+def _leave_nested(module: nn.Module, args: Any, output: Any) -> None:
+    setattr(module, NESTED_RUNNING, getattr(module, NESTED_RUNNING, 1) - 1)
+
+
+def mark_nested(module: nn.Module) -> None:
+    """Make ``module``'s forward visible to outer routers (once): its attention calls are its own."""
+    if getattr(module, "_lincompress_marked", False):
+        return
+    module.register_forward_pre_hook(_enter_nested)
+    module.register_forward_hook(_leave_nested, always_call=True)
+    module._lincompress_marked = True
 
 
 def attach_sites(
     owner: nn.Module, sites: dict[int, HybridAttention], track_patterns: bool, num_calls: int, *,
-    expected: tuple[CallSignature, ...] = (), name: str = "",
+    expected: tuple[CallSignature, ...] = (), name: str = "", nested: tuple[str, ...] = (),
 ) -> None:
     """Give ``owner`` its hybrid sites (keyed by call index) and route its attention calls to them.
 
     ``num_calls``: attention calls one forward of ``owner`` makes at batch size 1 (sites or not);
     ``expected``: their signatures, checked on every forward (empty: no check); ``name``: the
-    owner's path, for error messages.
+    owner's path, for error messages; ``nested``: paths (relative to ``owner``) of submodules
+    that make attention calls of their own, which this owner's router must not count.
     """
     if hasattr(owner, SITES_ATTR):
         raise ValueError(f"{type(owner).__name__} already has lincompress sites; hybridize a fresh model")
@@ -238,6 +266,9 @@ def attach_sites(
     owner._lincompress_num_calls = num_calls
     owner._lincompress_expected = tuple(expected)
     owner._lincompress_owner = name or type(owner).__name__
+    owner._lincompress_nested = tuple(nested)
+    for path in nested:
+        mark_nested(owner.get_submodule(path))
     owner.__class__ = _routed_class(type(owner))
 
 

@@ -300,7 +300,7 @@ def _apply_include(sites: list[SiteInfo], include: Iterable[str]) -> None:
     known = {s.name: s for s in sites}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise LinCompressError(f"include names sites the model does not have: {', '.join(unknown[:5])} "
+        raise LinCompressError(f"include (--include) names sites the model does not have: {', '.join(unknown[:5])} "
                                f"(its sites: {', '.join(list(known)[:8])}{', ...' if len(known) > 8 else ''})")
     for name in names:
         site = known[name]

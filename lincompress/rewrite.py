@@ -61,10 +61,17 @@ def hybridize_model(
         if [s.call_index for s in calls] != list(range(len(calls))):
             expected = ()  # records that do not number the owner's calls 0..n-1: count, but cannot check
         attach_sites(owner, made, any(s.pattern == "matmul_softmax" for s in calls), len(calls),
-                     expected=expected, name=owner_path or "<root>")
+                     expected=expected, name=owner_path or "<root>", nested=_nested_owners(owner_path, sites))
     if check_inputs is not None:
         check_call_order(model, check_inputs)
     return [s.name for s in candidates]
+
+
+def _nested_owners(owner_path: str, sites: list[SiteInfo]) -> tuple[str, ...]:
+    """Owners of recorded calls inside ``owner_path`` (relative paths): their calls are not the owner's."""
+    prefix = f"{owner_path}." if owner_path else ""
+    inner = {s.owner[len(prefix):] for s in sites if s.owner != owner_path and s.owner.startswith(prefix)}
+    return tuple(sorted(inner))
 
 
 def _why_none(sites: list[SiteInfo]) -> str:
@@ -76,6 +83,10 @@ def _why_none(sites: list[SiteInfo]) -> str:
         why += f"; discovery is unsure of {', '.join(unsure[:3])} (name them in include / --include to linearise them)"
     if masked:
         why += f"; {', '.join(masked[:3])} use masks linear attention cannot honour"
+    fused = [s.name for s in sites if s.pattern == "mha" and s.kind in CANDIDATE_KINDS]
+    if fused:
+        why += (f"; {', '.join(fused[:3])} run inside nn.MultiheadAttention, which cannot be rewritten "
+                "(call scaled_dot_product_attention instead)")
     return why + "; lincompress replaces softmax self-attention, cross-attention stays softmax"
 
 

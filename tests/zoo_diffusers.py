@@ -11,7 +11,8 @@ dims) so that classification cannot pass by coincidence.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ class Tiny:
     expected: dict[str, int]
     alt_inputs: Inputs | None = None  # another resolution, for call-order stability
     note: str = ""
+    atol: float = 1e-4  # r=0 vs the reference formula (looser where the model runs attention in bf16)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,147 @@ def _flux_like(n: int = 20, channels: int = 4, text_dim: int = 16, pooled: int |
             kw["guidance"] = t_float(b, 3.5)
         return kw
     return inputs
+
+
+def _ideogram_inputs(b: int, text_tokens: int = 4, side: int = 3) -> dict[str, Any]:
+    from diffusers.models.transformers.transformer_ideogram4 import (
+        IMAGE_POSITION_OFFSET, LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR,
+    )
+
+    image = side * side
+    n = text_tokens + image
+    hidden = torch.zeros(b, n, 16)
+    hidden[:, text_tokens:] = r(b, image, 16)
+    enc = torch.zeros(b, n, 24)
+    enc[:, :text_tokens] = r(b, text_tokens, 24, seed=1)
+    pos = torch.zeros(b, n, 3, dtype=torch.long)
+    pos[:, :text_tokens] = torch.arange(text_tokens).view(-1, 1)
+    grid = torch.arange(image)
+    pos[:, text_tokens:, 0] = IMAGE_POSITION_OFFSET
+    pos[:, text_tokens:, 1] = grid // side + IMAGE_POSITION_OFFSET
+    pos[:, text_tokens:, 2] = grid % side + IMAGE_POSITION_OFFSET
+    indicator = torch.full((b, n), OUTPUT_IMAGE_INDICATOR, dtype=torch.long)
+    indicator[:, :text_tokens] = LLM_TOKEN_INDICATOR
+    return {"hidden_states": hidden, "encoder_hidden_states": enc, "timestep": torch.full((b,), 0.5),
+            "position_ids": pos, "segment_ids": torch.ones(b, n, dtype=torch.long), "indicator": indicator,
+            "return_dict": False}
+
+
+def _krea_inputs(b: int, side: int = 3, text_tokens: int = 4) -> dict[str, Any]:
+    image = side * side
+    pos = torch.zeros(text_tokens + image, 3)
+    pos[text_tokens:, 1] = torch.arange(side).repeat_interleave(side).float()
+    pos[text_tokens:, 2] = torch.arange(side).repeat(side).float()
+    return {"hidden_states": r(b, image, 16), "encoder_hidden_states": r(b, text_tokens, 3, 16, seed=1),
+            "timestep": torch.full((b,), 0.5), "position_ids": pos,
+            "encoder_attention_mask": torch.ones(b, text_tokens, dtype=torch.bool), "return_dict": False}
+
+
+def _qwen21_inputs(b: int, height: int, width: int) -> dict[str, Any]:
+    slots = height * width // 4  # one vision slot per 2x2 group of target latents, after the text
+    img_mask = torch.zeros(b, TEXT + slots, dtype=torch.bool)
+    img_mask[:, TEXT:] = True
+    return {"hidden_states": r(b, height * width, 4), "encoder_hidden_states": text(b, 8),
+            "encoder_hidden_states_mask": torch.ones(b, TEXT, dtype=torch.long), "timestep": t_float(b, 1.0),
+            "img_shapes": [[(1, height, width)]] * b, "img_mask": img_mask, "return_dict": False}
+
+
+def _hunyuan15_inputs(b: int, frames: int, height: int, width: int) -> dict[str, Any]:
+    return {"hidden_states": r(b, 4, frames, height, width), "timestep": t_float(b, 1.0),
+            "encoder_hidden_states": text(b, 16), "encoder_hidden_states_2": r(b, 4, 8, seed=2),
+            "encoder_attention_mask": torch.ones(b, TEXT), "encoder_attention_mask_2": torch.ones(b, 4),
+            "image_embeds": torch.zeros(b, 3, 12), "return_dict": False}
+
+
+def _hidream_inputs(b: int, height: int, width: int) -> dict[str, Any]:
+    return {"hidden_states": r(b, 4, height, width), "encoder_hidden_states_t5": text(b, 8),
+            "encoder_hidden_states_llama3": r(2, b, TEXT, 4, seed=2), "pooled_embeds": r(b, 8, seed=3),
+            "timesteps": t_long(b), "return_dict": False}
+
+
+def _lumina2_inputs(b: int, height: int, width: int) -> dict[str, Any]:
+    return {"hidden_states": r(b, 4, height, width), "encoder_hidden_states": text(b, 16), "timestep": t_float(b, 0.5),
+            "encoder_attention_mask": torch.ones(b, TEXT, dtype=torch.bool), "return_dict": False}
+
+
+def _omnigen_inputs(b: int, height: int, width: int) -> dict[str, Any]:
+    n = TEXT + 1 + height * width // 4
+    return {"hidden_states": r(b, 4, height, width), "timestep": torch.full((b,), 0.5),
+            "input_ids": torch.randint(0, 10, (b, TEXT), generator=_g(2)), "input_img_latents": [],
+            "input_image_sizes": {}, "attention_mask": torch.ones(b, n, n),
+            "position_ids": torch.arange(n).repeat(b, 1), "return_dict": False}
+
+
+def _minimax_h3_inputs(b: int, text_tokens: int = 4, audio: int = 6, video: int = 8) -> dict[str, Any]:
+    n = text_tokens + audio + video
+    text_idx = torch.arange(text_tokens)
+    audio_idx = torch.arange(text_tokens, text_tokens + audio)
+    video_idx = torch.arange(text_tokens + audio, n)
+    tags = torch.empty(n, dtype=torch.long)
+    tags[text_idx], tags[audio_idx], tags[video_idx] = 1, 2, 0
+    t_idx = torch.zeros(n, dtype=torch.long)
+    t_idx[audio_idx] = 1
+    pos = torch.zeros(n, 3)
+    pos[:, 0] = torch.arange(n).float()
+    pos[video_idx, 1] = (torch.arange(video) % 4).float()
+    pos[video_idx, 2] = (torch.arange(video) % 2).float()
+    return {"hidden_states": r(b, video, 16), "audio_hidden_states": r(b, audio, 6, seed=1),
+            "encoder_hidden_states": r(b, text_tokens, 8, seed=2), "timestep": torch.tensor([0.7, 0.3]),
+            "timestep_indices": t_idx, "token_tags": tags, "position_ids": pos, "video_indices": video_idx,
+            "audio_indices": audio_idx, "text_indices": text_idx, "return_dict": False}
+
+
+def _cosmos3_inputs(b: int, side: int = 2) -> dict[str, Any]:
+    vision = side * side
+    n = 2 + vision
+    idx = torch.arange(2, n)
+    return {"input_ids": torch.tensor([1, 2]), "text_indexes": torch.tensor([0, 1]),
+            "position_ids": torch.zeros(3, n, dtype=torch.long), "und_len": 2, "sequence_length": n,
+            "vision_tokens": [r(1, 2, 1, side, side)], "vision_token_shapes": [(1, side, side)],
+            "vision_sequence_indexes": idx, "vision_mse_loss_indexes": idx, "vision_timesteps": torch.ones(vision),
+            "vision_noisy_frame_indexes": [torch.tensor([0])], "return_dict": False}
+
+
+def _stable_audio_rope(tokens: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    return get_1d_rotary_pos_embed(dim, tokens, use_real=True, repeat_interleave_real=False)
+
+
+def _sana_wm_inputs(b: int, frames: int = 4, side: int = 4) -> dict[str, Any]:
+    c2w = torch.eye(4).repeat(b, frames, 1, 1)
+    c2w[..., 2, 3] = torch.arange(frames, dtype=torch.float32) * 0.1
+    intrinsics = torch.tensor([float(side), float(side), side / 2, side / 2]).expand(b, frames, 4)
+    return {"hidden_states": r(b, 4, frames, side, side), "timestep": torch.full((b, 1, frames), 500.0),
+            "encoder_hidden_states": r(b, 1, TEXT, 8, seed=1),
+            "encoder_attention_mask": torch.ones(b, TEXT, dtype=torch.long),
+            "camera_conditions": torch.cat([c2w.flatten(start_dim=-2), intrinsics], dim=-1),
+            "chunk_plucker": r(b, 8, frames, side, side, seed=2), "return_dict": False}
+
+
+def _sana_refiner_inputs(b: int, frames: int = 2, side: int = 4) -> dict[str, Any]:
+    from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2AudioVideoRotaryPosEmbed
+
+    rope = SanaWMLTX2AudioVideoRotaryPosEmbed(
+        dim=16, patch_size=1, patch_size_t=1, base_num_frames=20, base_height=2048, base_width=2048,
+        scale_factors=(8, 32, 32), modality="video", double_precision=False, num_attention_heads=2)
+    coords = rope.prepare_video_coords(b, frames, side, side, device=torch.device("cpu"), fps=24.0)
+    n = frames * side * side
+    return {"hidden_states": r(b, n, 4), "encoder_hidden_states": text(b, 16), "timestep": torch.full((b, n), 500.0),
+            "video_rotary_emb": rope(coords, device=torch.device("cpu")), "encoder_attention_mask": torch.ones(b, TEXT),
+            "return_dict": False}
+
+
+def _wan_animate2_inputs(b: int, height: int, width: int) -> dict[str, Any]:
+    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
+
+    grid = (2, height // 2, width // 2)
+    return {"hidden_states": [r(16, 2, height, width, seed=i) for i in range(b)], "timestep": torch.full((b,), 1.0),
+            "encoder_hidden_states": [r(8, 32, seed=10 + i) for i in range(b)],
+            "condition_latents": [r(20, 2, height, width, seed=20 + i) for i in range(b)],
+            "encoder_hidden_states_image": r(b, 4, 1280, seed=30), "kv_cache": WanAnimate2KVCache(2),
+            "kv_cache_mode": "extract", "seq_len": grid[0] * grid[1] * grid[2],
+            "offset_grid_sizes": torch.tensor([grid] * b, dtype=torch.long), "return_dict": False}
 
 
 TINY: dict[str, Tiny | CannotBuild] = {
@@ -169,11 +312,8 @@ TINY: dict[str, Tiny | CannotBuild] = {
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
              num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
              text_embed_2_dim=8, image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v"),
-        lambda b: {"hidden_states": r(b, 4, 1, 4, 4), "timestep": t_float(b, 1.0), "encoder_hidden_states": text(b, 16),
-                   "encoder_hidden_states_2": r(b, 4, 8, seed=2), "encoder_attention_mask": torch.ones(b, TEXT),
-                   "encoder_attention_mask_2": torch.ones(b, 4), "image_embeds": torch.zeros(b, 3, 12),
-                   "return_dict": False},
-        {"joint": 2, "self": 1}),
+        partial(_hunyuan15_inputs, frames=1, height=4, width=4), {"joint": 2, "self": 1},
+        alt_inputs=partial(_hunyuan15_inputs, frames=2, height=4, width=6)),
     "HunyuanVideoFramepackTransformer3DModel": Tiny(
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
              num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
@@ -314,10 +454,8 @@ TINY: dict[str, Tiny | CannotBuild] = {
              num_attention_heads=2, caption_channels=[8, 4], text_emb_dim=8, num_routed_experts=2,
              num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1),
              force_inference_output=True),
-        lambda b: {"hidden_states": r(b, 4, 8, 8), "encoder_hidden_states_t5": text(b, 8),
-                   "encoder_hidden_states_llama3": r(2, b, TEXT, 4, seed=2), "pooled_embeds": r(b, 8, seed=3),
-                   "timesteps": t_long(b), "return_dict": False},
-        {"joint": 2}),
+        partial(_hidream_inputs, height=8, width=8), {"joint": 2},
+        alt_inputs=partial(_hidream_inputs, height=8, width=12)),
     "HunyuanImageTransformer2DModel": Tiny(
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
              num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16, rope_axes_dim=(4, 4)),
@@ -346,6 +484,7 @@ TINY: dict[str, Tiny | CannotBuild] = {
                    "cap_feats": [text(1, 16, seed=10 + i)[0] for i in range(b)], "return_dict": False},
         {"self": 2, "joint": 2}),
 }
+
 
 TINY.update({
     "AceStepTransformer1DModel": Tiny(
@@ -378,9 +517,8 @@ TINY.update({
         dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_refiner_layers=1,
              num_attention_heads=3, num_kv_heads=1, multiple_of=2, axes_dim_rope=(4, 2, 2), axes_lens=(64, 64, 64),
              cap_feat_dim=16),
-        lambda b: {"hidden_states": r(b, 4, 8, 10), "encoder_hidden_states": text(b, 16), "timestep": t_float(b, 0.5),
-                   "encoder_attention_mask": torch.ones(b, TEXT, dtype=torch.bool), "return_dict": False},
-        {"self": 2, "joint": 2}),
+        partial(_lumina2_inputs, height=8, width=10), {"self": 2, "joint": 2},
+        alt_inputs=partial(_lumina2_inputs, height=6, width=8)),
     "LuminaNextDiT2DModel": Tiny(
         dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_attention_heads=3,
              num_kv_heads=1, multiple_of=16, learn_sigma=False, qk_norm=True, cross_attention_dim=16),
@@ -405,13 +543,10 @@ TINY.update({
         dict(hidden_size=16, num_attention_heads=4, num_key_value_heads=4, intermediate_size=32, num_layers=2,
              pad_token_id=0, vocab_size=100, in_channels=4, time_step_dim=4,
              rope_scaling={"long_factor": [1, 2], "short_factor": [1, 2]}),
-        lambda b: {"hidden_states": r(b, 4, 8, 8), "timestep": torch.full((b,), 0.5),
-                   "input_ids": torch.randint(0, 10, (b, TEXT), generator=_g(2)),
-                   "input_img_latents": [], "input_image_sizes": {},
-                   "attention_mask": torch.ones(b, TEXT + 1 + 16, TEXT + 1 + 16),
-                   "position_ids": torch.arange(TEXT + 1 + 16).repeat(b, 1), "return_dict": False},
-        {"joint": 2}),
+        partial(_omnigen_inputs, height=8, width=8), {"joint": 2},
+        alt_inputs=partial(_omnigen_inputs, height=8, width=12)),
 })
+
 
 TINY.update({
     "BriaFiboTransformer2DModel": Tiny(
@@ -459,8 +594,9 @@ TINY.update({
              model_dim=48, ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 4, 4), visual_cond=True,
              in_audio_dim=4, out_audio_dim=4),
         lambda b: {"hidden_states": r(b, 2, 4, 4, 9), "encoder_hidden_states": text(b, 8),
-                   "pooled_projections": r(b, 8, seed=2), "timestep": t_float(b), "return_dict": False},
-        {"self": 4, "cross": 2}),
+                   "pooled_projections": r(b, 8, seed=2), "timestep": t_float(b),
+                   "audio_hidden_states": r(b, 6, 4, seed=3), "return_dict": False},
+        {"self": 6, "cross": 8}, note="video and audio streams: self-attention each, cross to text and to each other"),
     "Kandinsky5Transformer3DModel": Tiny(
         dict(in_visual_dim=4, out_visual_dim=4, in_text_dim=8, in_text_dim2=8, time_dim=16, patch_size=(1, 2, 2),
              model_dim=48, ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 4, 4)),
@@ -471,10 +607,9 @@ TINY.update({
     "QwenImage21Transformer2DModel": Tiny(
         dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
              context_in_dim=8, mlp_ratio=2, axes_dims_rope=(4, 6, 6)),
-        lambda b: {"hidden_states": r(b, 16, 4), "encoder_hidden_states": text(b, 8),
-                   "encoder_hidden_states_mask": torch.ones(b, TEXT, dtype=torch.long), "timestep": t_float(b, 1.0),
-                   "img_shapes": [[(1, 4, 4)]] * b, "img_mask": _qwen21_img_mask(b), "return_dict": False},
-        {"self": 2, "joint": 2}, note="the prefix's block-causal self-attention is masked: never a candidate"),
+        partial(_qwen21_inputs, height=4, width=4), {"self": 2, "joint": 2},
+        alt_inputs=partial(_qwen21_inputs, height=4, width=6),
+        note="the prefix's block-causal self-attention is masked: never a candidate"),
     "MiniMaxH3Transformer3DModel": Tiny(
         dict(num_attention_heads=2, attention_head_dim=16, hidden_size=24, num_layers=2, num_refiner_layers=2,
              ffn_dim=32, in_channels=4, audio_in_channels=6, patch_size=(1, 2, 2), text_dim=8, freq_dim=8,
@@ -488,75 +623,6 @@ TINY.update({
         lambda b: _cosmos3_inputs(b), {"self": 2, "joint": 2}),
 })
 
-
-def _ideogram_inputs(b: int, text_tokens: int = 4, side: int = 3) -> dict[str, Any]:
-    from diffusers.models.transformers.transformer_ideogram4 import (
-        IMAGE_POSITION_OFFSET, LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR,
-    )
-
-    image = side * side
-    n = text_tokens + image
-    hidden = torch.zeros(b, n, 16)
-    hidden[:, text_tokens:] = r(b, image, 16)
-    enc = torch.zeros(b, n, 24)
-    enc[:, :text_tokens] = r(b, text_tokens, 24, seed=1)
-    pos = torch.zeros(b, n, 3, dtype=torch.long)
-    pos[:, :text_tokens] = torch.arange(text_tokens).view(-1, 1)
-    grid = torch.arange(image)
-    pos[:, text_tokens:, 0] = IMAGE_POSITION_OFFSET
-    pos[:, text_tokens:, 1] = grid // side + IMAGE_POSITION_OFFSET
-    pos[:, text_tokens:, 2] = grid % side + IMAGE_POSITION_OFFSET
-    indicator = torch.full((b, n), OUTPUT_IMAGE_INDICATOR, dtype=torch.long)
-    indicator[:, :text_tokens] = LLM_TOKEN_INDICATOR
-    return {"hidden_states": hidden, "encoder_hidden_states": enc, "timestep": torch.full((b,), 0.5),
-            "position_ids": pos, "segment_ids": torch.ones(b, n, dtype=torch.long), "indicator": indicator,
-            "return_dict": False}
-
-
-def _krea_inputs(b: int, side: int = 3, text_tokens: int = 4) -> dict[str, Any]:
-    image = side * side
-    pos = torch.zeros(text_tokens + image, 3)
-    pos[text_tokens:, 1] = torch.arange(side).repeat_interleave(side).float()
-    pos[text_tokens:, 2] = torch.arange(side).repeat(side).float()
-    return {"hidden_states": r(b, image, 16), "encoder_hidden_states": r(b, text_tokens, 3, 16, seed=1),
-            "timestep": torch.full((b,), 0.5), "position_ids": pos,
-            "encoder_attention_mask": torch.ones(b, text_tokens, dtype=torch.bool), "return_dict": False}
-
-
-def _qwen21_img_mask(b: int) -> torch.Tensor:
-    mask = torch.zeros(b, TEXT + 4, dtype=torch.bool)
-    mask[:, TEXT:] = True
-    return mask
-
-
-def _minimax_h3_inputs(b: int, text_tokens: int = 4, audio: int = 6, video: int = 8) -> dict[str, Any]:
-    n = text_tokens + audio + video
-    text_idx = torch.arange(text_tokens)
-    audio_idx = torch.arange(text_tokens, text_tokens + audio)
-    video_idx = torch.arange(text_tokens + audio, n)
-    tags = torch.empty(n, dtype=torch.long)
-    tags[text_idx], tags[audio_idx], tags[video_idx] = 1, 2, 0
-    t_idx = torch.zeros(n, dtype=torch.long)
-    t_idx[audio_idx] = 1
-    pos = torch.zeros(n, 3)
-    pos[:, 0] = torch.arange(n).float()
-    pos[video_idx, 1] = (torch.arange(video) % 4).float()
-    pos[video_idx, 2] = (torch.arange(video) % 2).float()
-    return {"hidden_states": r(b, video, 16), "audio_hidden_states": r(b, audio, 6, seed=1),
-            "encoder_hidden_states": r(b, text_tokens, 8, seed=2), "timestep": torch.tensor([0.7, 0.3]),
-            "timestep_indices": t_idx, "token_tags": tags, "position_ids": pos, "video_indices": video_idx,
-            "audio_indices": audio_idx, "text_indices": text_idx, "return_dict": False}
-
-
-def _cosmos3_inputs(b: int, side: int = 2) -> dict[str, Any]:
-    vision = side * side
-    n = 2 + vision
-    idx = torch.arange(2, n)
-    return {"input_ids": torch.tensor([1, 2]), "text_indexes": torch.tensor([0, 1]),
-            "position_ids": torch.zeros(3, n, dtype=torch.long), "und_len": 2, "sequence_length": n,
-            "vision_tokens": [r(1, 2, 1, side, side)], "vision_token_shapes": [(1, side, side)],
-            "vision_sequence_indexes": idx, "vision_mse_loss_indexes": idx, "vision_timesteps": torch.ones(vision),
-            "vision_noisy_frame_indexes": [torch.tensor([0])], "return_dict": False}
 
 TINY.update({
     "Flux3Transformer2DModel": Tiny(
@@ -642,53 +708,13 @@ TINY.update({
 })
 
 
-def _stable_audio_rope(tokens: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from diffusers.models.embeddings import get_1d_rotary_pos_embed
-
-    return get_1d_rotary_pos_embed(dim, tokens, use_real=True, repeat_interleave_real=False)
-
-
-def _sana_wm_inputs(b: int, frames: int = 4, side: int = 4) -> dict[str, Any]:
-    c2w = torch.eye(4).repeat(b, frames, 1, 1)
-    c2w[..., 2, 3] = torch.arange(frames, dtype=torch.float32) * 0.1
-    intrinsics = torch.tensor([float(side), float(side), side / 2, side / 2]).expand(b, frames, 4)
-    return {"hidden_states": r(b, 4, frames, side, side), "timestep": torch.full((b, 1, frames), 500.0),
-            "encoder_hidden_states": r(b, 1, TEXT, 8, seed=1),
-            "encoder_attention_mask": torch.ones(b, TEXT, dtype=torch.long),
-            "camera_conditions": torch.cat([c2w.flatten(start_dim=-2), intrinsics], dim=-1),
-            "chunk_plucker": r(b, 8, frames, side, side, seed=2), "return_dict": False}
-
-
-def _sana_refiner_inputs(b: int, frames: int = 2, side: int = 4) -> dict[str, Any]:
-    from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2AudioVideoRotaryPosEmbed
-
-    rope = SanaWMLTX2AudioVideoRotaryPosEmbed(
-        dim=16, patch_size=1, patch_size_t=1, base_num_frames=20, base_height=2048, base_width=2048,
-        scale_factors=(8, 32, 32), modality="video", double_precision=False, num_attention_heads=2)
-    coords = rope.prepare_video_coords(b, frames, side, side, device=torch.device("cpu"), fps=24.0)
-    n = frames * side * side
-    return {"hidden_states": r(b, n, 4), "encoder_hidden_states": text(b, 16), "timestep": torch.full((b, n), 500.0),
-            "video_rotary_emb": rope(coords, device=torch.device("cpu")), "encoder_attention_mask": torch.ones(b, TEXT),
-            "return_dict": False}
-
-
-def _wan_animate2_inputs(b: int) -> dict[str, Any]:
-    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
-
-    return {"hidden_states": [r(16, 2, 4, 4, seed=i) for i in range(b)], "timestep": torch.full((b,), 1.0),
-            "encoder_hidden_states": [r(8, 32, seed=10 + i) for i in range(b)],
-            "condition_latents": [r(20, 2, 4, 4, seed=20 + i) for i in range(b)],
-            "encoder_hidden_states_image": r(b, 4, 1280, seed=30), "kv_cache": WanAnimate2KVCache(2),
-            "kv_cache_mode": "extract", "seq_len": 8,
-            "offset_grid_sizes": torch.tensor([[2, 2, 2]] * b, dtype=torch.long), "return_dict": False}
-
-
 TINY.update({
     "SanaWMTransformer3DModel": Tiny(
         dict(in_channels=4, num_layers=2, hidden_size=32, num_attention_heads=2, patch_size=(1, 1, 1),
              softmax_every_n=2, linear_head_dim=16, t_kernel_size=3, conv_kernel_size=4, caption_channels=8,
              mlp_ratio=2.0, chunk_plucker_channels=8, chunk_plucker_post_attn_blocks=2),
-        _sana_wm_inputs, {"self": 2, "cross": 2}, note="every other block's self-attention is already linear (gated delta net)"),
+        _sana_wm_inputs, {"self": 2, "cross": 2}, atol=2e-3,
+        note="every other block's self-attention is already linear (gated delta net); softmax attention runs in bf16"),
     "SanaWMLTX2RefinerTransformer3DModel": Tiny(
         dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
              cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
@@ -698,5 +724,6 @@ TINY.update({
     "WanAnimate2Transformer3DModel": Tiny(
         dict(patch_size=(1, 2, 2), text_len=16, in_dim=36, dim=32, ffn_dim=64, freq_dim=16, text_dim=32, out_dim=16,
              num_heads=2, num_layers=2, cross_attn_norm=True, use_img_emb=True),
-        _wan_animate2_inputs, {"self": 2, "cross": 4}, note="text and CLIP-image cross-attention in one module"),
+        partial(_wan_animate2_inputs, height=4, width=4), {"self": 2, "cross": 4},
+        alt_inputs=partial(_wan_animate2_inputs, height=4, width=8), note="text and CLIP-image cross-attention in one module"),
 })
