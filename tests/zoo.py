@@ -33,6 +33,7 @@ class ZooEntry:
     cls: str | None = None  # the diffusers class
     missing: bool = False  # a diffusers class the table does not know yet
     atol: float = 1e-4
+    no_export: str = ""
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -140,7 +141,7 @@ def _diffusers_entry(cls_name: str, alias: str | None = None) -> ZooEntry:
         return _target(model, spec.inputs, alias or cls_name)
 
     return ZooEntry(alias or cls_name, build, dict(spec.expected), alt_inputs=spec.alt_inputs, note=spec.note,
-                    cls=cls_name, atol=spec.atol)
+                    cls=cls_name, atol=spec.atol, no_export=spec.no_export)
 
 
 def _wake_zero_parameters(model: nn.Module) -> None:
