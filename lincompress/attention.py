@@ -9,19 +9,21 @@ subclass whose ``forward`` runs the original forward under ``SiteRouter``, a
 a normal ``nn.Module``: same hierarchy, same parameter names (plus the site
 parameters), ``isinstance`` checks still pass, and ``torch.compile`` / ``torch.export``
 trace straight through the mode (so a fixed linear site is one
-``lincompress.linear_attention`` node).
+``lincompress.linear_attention`` node). What counts as an attention call is defined
+once, in ``lincompress.attention_ops``, which discovery reads too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
+from lincompress.attention_ops import AttentionCall, AttentionInterceptor, heads_tokens_dim, run_unchanged
+from lincompress.errors import LinCompressError
 from lincompress.feature_maps import FeatureMap, make_feature_map
 from lincompress.ops import linear_attention
 from lincompress.ops.spec import feature_map_spec
@@ -29,12 +31,7 @@ from lincompress.scores import logit_for_score, rectified_sigmoid
 
 MODES: tuple[str, ...] = ("hybrid", "softmax", "linear")
 SITES_ATTR = "lincompress_sites"
-
-_SDPA_FUNCS = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention}
-_MATMUL_FUNCS = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm}
-_SCALE_FUNCS = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.div, Tensor.div, Tensor.__truediv__}
-_SOFTMAX_FUNCS = {torch.softmax, Tensor.softmax, F.softmax, torch._C._nn.softmax if hasattr(torch._C._nn, "softmax") else F.softmax}
-_PASS_FUNCS = {Tensor.to, Tensor.type_as, Tensor.float, Tensor.half, Tensor.bfloat16, F.dropout, Tensor.contiguous}
+NESTED_RUNNING = "_lincompress_running"  # forward depth of a module whose attention calls an outer owner must skip
 
 
 class HybridAttention(nn.Module):
@@ -128,93 +125,89 @@ def key_padding_mask(attn_mask: Tensor | None) -> Tensor | None:
     return keep.any(dim=-2, keepdim=True)
 
 
-class SiteRouter(TorchFunctionMode):
+
+@dataclass(frozen=True)
+class CallSignature:
+    """What discovery recorded about one attention call of an owner; checked on every routed forward."""
+
+    pattern: str  # "sdpa" | "matmul_softmax" | "mha"
+    num_heads: int
+    head_dim: int
+
+    def describe(self) -> str:
+        return f"{self.pattern} with {self.num_heads} heads of {self.head_dim}"
+
+
+class CallOrderError(LinCompressError):
+    """An owner's attention calls at run time are not the ones discovery recorded."""
+
+
+_CALL_ORDER_FIX = ("its attention call order depends on the input (Python control flow); run discovery on inputs "
+                   "shaped like the ones you run, or leave this module's sites out")
+
+
+class SiteRouter(AttentionInterceptor):
     """Send the attention calls made inside one owning module's forward to its hybrid sites.
 
     Calls are counted in execution order (SDPA calls and completed
-    ``matmul -> [scale] -> softmax -> matmul`` patterns share one counter), which is the
-    order FindAttention records them in, modulo the number of calls one forward made
-    at batch size 1: processors that loop over the batch (Mochi) repeat the same sites.
+    ``matmul -> [scale] -> softmax -> matmul`` patterns share one counter, exactly as
+    discovery counts them: both are ``AttentionInterceptor``s), modulo the number of
+    calls one forward made at batch size 1: processors that loop over the batch (Mochi)
+    repeat the same sites. With ``expected`` (one ``CallSignature`` per recorded call)
+    every call is checked against what discovery recorded at its index and ``finish``
+    checks the count, so a model whose call order changes between forwards fails with
+    one line naming the owner instead of sending calls to the wrong sites.
     """
 
-    def __init__(self, sites: nn.ModuleDict, track_patterns: bool, num_calls: int) -> None:
-        super().__init__()
+    def __init__(
+        self, sites: nn.ModuleDict, track_patterns: bool, num_calls: int, *,
+        expected: tuple[CallSignature, ...] = (), owner: str = "", nested: tuple[nn.Module, ...] = (),
+    ) -> None:
+        super().__init__(track_patterns)
         self.sites = sites
-        self.track_patterns = track_patterns
         self.num_calls = max(1, num_calls)
+        self.expected = expected
+        self.owner = owner or "a hybridized module"
+        self.nested = nested  # submodules that make attention calls of their own (they are not ours)
         self.index = 0
-        self.scores: list[tuple[Tensor, Tensor, Tensor]] = []  # (scores, q, kT)
-        self.probs: list[tuple[Tensor, Tensor, Tensor]] = []  # (probs, q, kT)
-
-    def _next_site(self) -> HybridAttention | None:
-        key = str(self.index % self.num_calls)
-        self.index += 1
-        return self.sites[key] if key in self.sites else None
-
-    @staticmethod
-    def _find(table: list[tuple[Tensor, Tensor, Tensor]], t: Any) -> tuple[Tensor, Tensor] | None:
-        for ref, q, kt in table:
-            if ref is t:
-                return q, kt
-        return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _SDPA_FUNCS:
-            return self._route_sdpa(func, args, kwargs)
-        if not self.track_patterns:
-            return _call(func, args, kwargs)
-        return self._track(func, args, kwargs)
+        if self.nested and any(getattr(m, NESTED_RUNNING, 0) for m in self.nested):
+            return run_unchanged(func, args, kwargs or {})  # a call of a nested owner: discovery counts it there
+        return super().__torch_function__(func, types, args, kwargs)
 
-    def _route_sdpa(self, func, args, kwargs):
-        site = self._next_site()
+    def _next_site(self, call: AttentionCall) -> HybridAttention | None:
+        position = self.index % self.num_calls
+        if self.expected:
+            self._check(position, call)
+        self.index += 1
+        key = str(position)
+        return self.sites[key] if key in self.sites else None
+
+    def _check(self, position: int, call: AttentionCall) -> None:
+        want = self.expected[position] if position < len(self.expected) else None
+        q_shape = call.sdpa_shapes()[0]
+        heads, _, head_dim = heads_tokens_dim(q_shape)
+        if want is not None and want.pattern == call.pattern and want.head_dim in (head_dim, -1) and (
+                len(q_shape) != 4 or want.num_heads in (heads, -1)):
+            return
+        got = CallSignature(call.pattern, int(heads), int(head_dim)).describe()
+        recorded = want.describe() if want is not None else "no call"
+        raise CallOrderError(f"attention call {self.index} of {self.owner} is {got}, but discovery recorded "
+                             f"{recorded} there: {_CALL_ORDER_FIX}")
+
+    def finish(self) -> None:
+        """After the owner's forward: it made a whole number of the recorded call sequences."""
+        if self.expected and (self.index == 0 or self.index % self.num_calls):
+            raise CallOrderError(f"{self.owner} made {self.index} attention calls in one forward, but discovery "
+                                 f"recorded {self.num_calls}: {_CALL_ORDER_FIX}")
+
+    def attention(self, call: AttentionCall) -> Tensor:
+        site = self._next_site(call)
         if site is None:
-            return func(*args, **kwargs)
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-        bound = dict(zip(names, args)) | kwargs
-        q, k, v = bound["query"], bound["key"], bound["value"]
-        mask = key_padding_mask(bound.get("attn_mask")) if site.mode != "softmax" else None
-        return site(q, k, v, softmax_fn=lambda: func(*args, **kwargs), key_mask=mask)
-
-    def _track(self, func, args, kwargs):
-        if func in _MATMUL_FUNCS and len(args) >= 2:
-            a, b = args[0], args[1]
-            hit = self._find(self.probs, a)
-            if hit is not None:
-                site = self._next_site()
-                if site is None:
-                    return _call(func, args, kwargs)
-                q, kt = hit
-                return site(q, kt.transpose(-2, -1), b, softmax_fn=lambda: _call(func, args, kwargs))
-            out = _call(func, args, kwargs)
-            if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dim() >= 2 and b.dim() >= 2:
-                self.scores.append((out, a, b))
-            return out
-        out = _call(func, args, kwargs)
-        if func in _SCALE_FUNCS or func in _PASS_FUNCS:
-            hit = self._find(self.scores, args[0]) if args else None
-            if hit is not None and (func in _PASS_FUNCS or not isinstance(args[1], Tensor) or args[1].dim() == 0):
-                self.scores.append((out, *hit))
-            hit = self._find(self.probs, args[0]) if args else None
-            if hit is not None and func in _PASS_FUNCS:
-                self.probs.append((out, *hit))
-        elif func in _SOFTMAX_FUNCS:
-            hit = self._find(self.scores, args[0])
-            if hit is not None:
-                self.probs.append((out, *hit))
-        return out
-
-
-def _call(func, args, kwargs):
-    """Run an intercepted function unchanged.
-
-    Tensor methods are re-dispatched as method calls: some (``Tensor.unflatten``) are
-    Python wrappers around ``super()`` that torch.compile cannot inline as plain functions.
-    """
-    name = getattr(func, "__name__", None)
-    if args and isinstance(args[0], Tensor) and name and getattr(Tensor, name, None) is func:
-        return getattr(args[0], name)(*args[1:], **kwargs)
-    return func(*args, **kwargs)
+            return call.run_original()
+        mask = key_padding_mask(call.attn_mask) if site.mode != "softmax" else None
+        return site(call.q, call.k, call.v, softmax_fn=call.run_original, key_mask=mask)
 
 
 _ROUTED_CLASSES: dict[type, type] = {}
@@ -226,9 +219,13 @@ def _routed_class(cls: type[nn.Module]) -> type[nn.Module]:
         return _ROUTED_CLASSES[cls]
 
     def forward(self, *args, **kwargs):
-        sites = getattr(self, SITES_ATTR)
-        with SiteRouter(sites, self._lincompress_track_patterns, self._lincompress_num_calls):
-            return cls.forward(self, *args, **kwargs)
+        nested = tuple(self.get_submodule(path) for path in self._lincompress_nested)
+        router = SiteRouter(getattr(self, SITES_ATTR), self._lincompress_track_patterns, self._lincompress_num_calls,
+                            expected=self._lincompress_expected, owner=self._lincompress_owner, nested=nested)
+        with router:
+            out = cls.forward(self, *args, **kwargs)
+        router.finish()
+        return out
 
     routed = type(cls.__name__, (cls,), {"forward": forward, "_lincompress_original_class": cls})
     routed.__qualname__ = cls.__qualname__
@@ -237,16 +234,50 @@ def _routed_class(cls: type[nn.Module]) -> type[nn.Module]:
     return routed
 
 
-def attach_sites(owner: nn.Module, sites: dict[int, HybridAttention], track_patterns: bool, num_calls: int) -> None:
+_OWNER_ATTRS = ("_lincompress_track_patterns", "_lincompress_num_calls", "_lincompress_expected", "_lincompress_owner",
+                "_lincompress_nested")
+
+
+def _enter_nested(module: nn.Module, args: Any) -> None:
+    setattr(module, NESTED_RUNNING, getattr(module, NESTED_RUNNING, 0) + 1)
+
+
+def _leave_nested(module: nn.Module, args: Any, output: Any) -> None:
+    setattr(module, NESTED_RUNNING, getattr(module, NESTED_RUNNING, 1) - 1)
+
+
+def mark_nested(module: nn.Module) -> None:
+    """Make ``module``'s forward visible to outer routers (once): its attention calls are its own."""
+    if getattr(module, "_lincompress_marked", False):
+        return
+    module.register_forward_pre_hook(_enter_nested)
+    module.register_forward_hook(_leave_nested, always_call=True)
+    module._lincompress_marked = True
+
+
+def attach_sites(
+    owner: nn.Module, sites: dict[int, HybridAttention], track_patterns: bool, num_calls: int, *,
+    expected: tuple[CallSignature, ...] = (), name: str = "", nested: tuple[str, ...] = (),
+) -> None:
     """Give ``owner`` its hybrid sites (keyed by call index) and route its attention calls to them.
 
-    ``num_calls``: attention calls one forward of ``owner`` makes at batch size 1 (sites or not).
+    ``num_calls``: attention calls one forward of ``owner`` makes at batch size 1 (sites or not);
+    ``expected``: their signatures, checked on every forward (empty: no check); ``name``: the
+    owner's path, for error messages; ``nested``: paths (relative to ``owner``) of submodules
+    that make attention calls of their own, which this owner's router must not count.
     """
     if hasattr(owner, SITES_ATTR):
         raise ValueError(f"{type(owner).__name__} already has lincompress sites; hybridize a fresh model")
+    if expected and len(expected) != num_calls:
+        raise ValueError(f"expected has {len(expected)} call signatures for num_calls={num_calls}")
     owner.add_module(SITES_ATTR, nn.ModuleDict({str(i): s for i, s in sorted(sites.items())}))
     owner._lincompress_track_patterns = track_patterns
     owner._lincompress_num_calls = num_calls
+    owner._lincompress_expected = tuple(expected)
+    owner._lincompress_owner = name or type(owner).__name__
+    owner._lincompress_nested = tuple(nested)
+    for path in nested:
+        mark_nested(owner.get_submodule(path))
     owner.__class__ = _routed_class(type(owner))
 
 
@@ -256,7 +287,9 @@ def detach_sites(owner: nn.Module) -> None:
     if original is None:
         return
     delattr(owner, SITES_ATTR)
-    del owner._lincompress_track_patterns, owner._lincompress_num_calls
+    for attr in _OWNER_ATTRS:
+        if attr in owner.__dict__:
+            delattr(owner, attr)
     owner.__class__ = original
 
 

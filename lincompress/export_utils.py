@@ -16,9 +16,24 @@ from torch import nn
 
 def export_model(model: nn.Module, kwargs: dict[str, Any], dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
     program = torch.export.export(model, (), kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-    program.graph_module.graph.eliminate_dead_code()
+    graph = program.graph_module.graph
+    graph.eliminate_dead_code()
+    _drop_orphan_asserts(graph)
     program.graph_module.recompile()
     return program
+
+
+def _drop_orphan_asserts(graph: torch.fx.Graph) -> None:
+    """Metadata asserts keep otherwise dead values alive (a linear site's unused softmax, cast by ``.type()``):
+    drop the asserts whose checked value nothing else uses, then the values they kept."""
+    while True:
+        orphans = [n for n in graph.nodes if n.op == "call_function" and "_assert_tensor_metadata" in str(n.target)
+                   and n.args and isinstance(n.args[0], torch.fx.Node) and len(n.args[0].users) == 1]
+        if not orphans:
+            return
+        for node in orphans:
+            graph.erase_node(node)
+        graph.eliminate_dead_code()
 
 
 def attention_op_counts(program: torch.export.ExportedProgram) -> Counter:

@@ -1,32 +1,46 @@
-"""Trace a model into a torch.fx graph and read it in one vocabulary.
+"""Read a model for discovery: a torch.fx graph if one can be built, else one recorded eager forward.
 
-``trace_model`` tries ``torch.fx.symbolic_trace`` first (Python-level graph, works on
-plain hand-written DiTs) and falls back to ``torch.export`` (ATen graph; the only one
-that traces real diffusers DiTs with their data-dependent control flow). Both graphs
-carry ``nn_module_stack`` and tensor shapes, which is all attention discovery needs;
-``op_kind`` maps either IR's nodes to the few roles discovery cares about.
+``trace_model`` tries, in order, ``torch.fx.symbolic_trace`` (Python-level graph, works
+on plain hand-written DiTs), ``torch.export`` (ATen graph; traces most diffusers DiTs
+despite their control flow) and, when both give up on Python control flow over
+tensors, one eager forward recorded by ``eager_trace`` (the router's interception).
+Graphs carry ``nn_module_stack`` and tensor shapes; ``op_kind`` maps either IR's
+nodes to the roles of the one attention vocabulary (``attention_ops``), and
+``graph_provenance`` turns a graph into the same provenance Nodes the eager path
+records, so that both paths classify by one rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import operator
-from dataclasses import dataclass
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from lincompress.attention_ops import role_of, role_of_method
+from lincompress.eager_trace import EagerRecording, record_forward, run_forward
 from lincompress.errors import TraceError
+from lincompress.provenance import Dim, Node, Provenance
 
-aten = torch.ops.aten
+METHODS: tuple[str, ...] = ("fx", "export", "eager")
 
 
 @dataclass
 class TracedGraph:
-    graph_module: fx.GraphModule
-    method: str  # "fx" or "export"
+    """How discovery read the model: ``method`` is "fx", "export" (``graph_module`` set) or "eager" (``recording``)."""
+
+    graph_module: fx.GraphModule | None
+    method: str
+    user_inputs: frozenset[str] = frozenset()  # placeholder names that are model inputs (not lifted weights)
+    recording: EagerRecording | None = None  # the run-time record (None when the forward resists interception)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)  # method -> why it did not trace
+    measured: bool = False  # ``recording`` is the record of a run (not just absent)
 
 
 def _symbolic_trace(model: nn.Module, kwargs: dict[str, Any]) -> fx.GraphModule:
@@ -46,23 +60,68 @@ def _symbolic_trace(model: nn.Module, kwargs: dict[str, Any]) -> fx.GraphModule:
     return gm
 
 
-def trace_model(model: nn.Module, kwargs: dict[str, Any]) -> TracedGraph:
-    """fx symbolic trace, else torch.export (non-strict); one-line error naming what failed."""
-    with torch.no_grad():
+_NOISY_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export", "torch._export",
+                  "torch._subclasses.fake_tensor")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """A failed export logs and prints whole graphs; discovery reports the failure in one line instead."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR + 1)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.export prints the partial graph of a failure
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def trace_model(model: nn.Module, kwargs: dict[str, Any], methods: Sequence[str] = METHODS) -> TracedGraph:
+    """The first of ``methods`` that reads the model; one-line ``TraceError`` naming what failed when none does.
+
+    One recorded eager forward runs first, always: it fills the model's lazy caches
+    with real tensors before fx or export could fill them with proxies or fake tensors
+    (BriaFibo2's RoPE table), it is the run-time record discovery needs on every path,
+    and a model that does not run at all fails here, naming the module and the call.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty sequence of {METHODS}, got {list(methods)}")
+    graph_first = any(m != "eager" for m in methods)
+    recording = run_forward(model, kwargs, provenance=not graph_first)
+    reasons: dict[str, str] = {}
+    for method in methods:
+        if method == "eager":
+            if recording is None:
+                reasons["eager"] = "its forward cannot run under interception (flex_attention)"
+                continue
+            if graph_first:
+                recording = record_forward(model, kwargs, provenance=True)
+            return TracedGraph(None, "eager", recording=recording, fallback_reasons=reasons, measured=True)
         try:
-            return TracedGraph(_symbolic_trace(model, kwargs), "fx")
-        except Exception as fx_error:  # noqa: BLE001 - fall through to export, report both below
-            fx_reason = f"{type(fx_error).__name__}: {str(fx_error).splitlines()[0] if str(fx_error) else ''}"
-        try:
-            program = torch.export.export(model, (), kwargs, strict=False)
-            return TracedGraph(program.graph_module, "export")
-        except Exception as export_error:  # noqa: BLE001
-            where = _failing_module(export_error) or type(model).__name__
-            first = str(export_error).splitlines()[0] if str(export_error) else type(export_error).__name__
-            raise TraceError(
-                f"could not trace {where}: torch.fx said '{fx_reason[:160]}', torch.export said '{first[:200]}'; "
-                "make its forward traceable with torch.export (no data-dependent Python control flow)"
-            ) from export_error
+            with torch.no_grad():
+                if method == "fx":
+                    gm = _symbolic_trace(model, kwargs)
+                    user = frozenset(n.name for n in gm.graph.nodes if n.op == "placeholder")
+                else:
+                    with _quiet_torch_logs():
+                        program = torch.export.export(model, (), kwargs, strict=False)
+                    gm, user = program.graph_module, frozenset(program.graph_signature.user_inputs)
+            return TracedGraph(gm, method, user, recording, reasons, measured=True)
+        except Exception as error:  # noqa: BLE001 - fall through to the next method, report all below
+            where = _failing_module(error)
+            reasons[method] = (f"{where}: " if where else "") + _first_line(error)[:200]
+    said = "; ".join(f"{m} said '{r[:240]}'" for m, r in reasons.items())
+    raise TraceError(f"could not trace {type(model).__name__}: {said}; make its forward traceable with torch.export "
+                     "(no data-dependent Python control flow), or let discovery run it (methods including 'eager')")
 
 
 def _failing_module(error: BaseException) -> str | None:
@@ -76,56 +135,21 @@ def _failing_module(error: BaseException) -> str | None:
     return name
 
 
-_SDPA = {
-    F.scaled_dot_product_attention,
-    aten.scaled_dot_product_attention.default,
-    aten._scaled_dot_product_flash_attention_for_cpu.default,
-    aten._scaled_dot_product_efficient_attention.default,
-    aten._scaled_dot_product_flash_attention.default,
-    aten._scaled_dot_product_cudnn_attention.default,
-}
-_MATMUL = {torch.matmul, operator.matmul, torch.bmm, aten.matmul.default, aten.bmm.default}
-_SOFTMAX = {torch.softmax, F.softmax, aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
-_SCALE = {operator.mul, operator.truediv, torch.mul, torch.div, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar}
-_PASS = {F.dropout, aten.dropout.default, aten._to_copy.default, aten.clone.default, aten.alias.default, aten.contiguous.default}
-_PASS_METHODS = {"to", "type_as", "float", "half", "bfloat16", "contiguous", "clone"}
-_LINEAR = {F.linear, aten.linear.default}
-_CAT = {torch.cat, torch.concat, aten.cat.default, aten.concat.default}
-
-
 def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """One of sdpa / matmul / softmax / scale / pass / linear / cat / other, for fx or ATen nodes."""
+    """The node's role in the attention vocabulary (sdpa / matmul / softmax / scale / pass / linear / cat / other)."""
     if node.op == "call_function":
-        target = node.target
-        for kind, table in (("sdpa", _SDPA), ("matmul", _MATMUL), ("softmax", _SOFTMAX), ("scale", _SCALE),
-                            ("pass", _PASS), ("linear", _LINEAR), ("cat", _CAT)):
-            if target in table:
-                return kind
-        if target in (aten.addmm.default,):
-            return "linear"
-        return "other"
+        return role_of(node.target)
     if node.op == "call_method":
-        name = node.target
-        if name == "matmul":
-            return "matmul"
-        if name == "softmax":
-            return "softmax"
-        if name in ("mul", "div", "__mul__", "__truediv__"):
-            return "scale"
-        if name in _PASS_METHODS:
-            return "pass"
-        return "other"
+        return role_of_method(str(node.target))
     if node.op == "call_module":
         module = modules.get(str(node.target))
         if isinstance(module, nn.Linear):
             return "linear"
+        if isinstance(module, nn.MultiheadAttention):
+            return "mha"
         if isinstance(module, nn.Dropout):
             return "pass"
-        return "other"
     return "other"
-
-
-Dim = int | str  # a concrete size, or the text of a data-dependent symbolic size
 
 
 def _dim(size: Any) -> Dim:
@@ -149,6 +173,57 @@ def tensor_shape(node: Any) -> tuple[Dim, ...] | None:
     meta = node.meta.get("tensor_meta")
     shape = getattr(meta, "shape", None)
     return tuple(int(s) for s in shape) if shape is not None else None
+
+
+def _is_tensor_value(node: fx.Node) -> bool:
+    """A tensor or a tuple of tensors (split / chunk outputs), not a symbolic size."""
+    val = node.meta.get("val", node.meta.get("tensor_meta"))
+    if isinstance(val, torch.Tensor) or hasattr(val, "shape"):  # (TensorMetadata is a named tuple)
+        return True
+    if isinstance(val, (list, tuple)):
+        return any(isinstance(v, torch.Tensor) or hasattr(v, "shape") for v in val)
+    return False
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) if _is_tensor_value(n) else None)
+    return found
+
+
+def _floating(node: fx.Node) -> bool:
+    val = node.meta.get("val", node.meta.get("tensor_meta"))
+    dtype = getattr(val, "dtype", None)
+    return dtype is None or dtype.is_floating_point or dtype.is_complex
+
+
+def graph_provenance(gm: fx.GraphModule, user_inputs: frozenset[str]) -> tuple[Provenance, dict[fx.Node, Node]]:
+    """The graph as provenance Nodes (the eager path's vocabulary), in graph order."""
+    modules = dict(gm.named_modules())
+    prov = Provenance()
+    nodes: dict[fx.Node, Node] = {}
+    for n in gm.graph.nodes:
+        if n.op == "output":
+            continue
+        shape = tensor_shape(n)
+        if n.op == "placeholder":
+            nodes[n] = prov.add("other", (), shape, leaf="input" if n.name in user_inputs else "param", label=n.name,
+                                floating=_floating(n))
+            continue
+        if n.op == "get_attr":
+            nodes[n] = prov.add("other", (), shape, leaf="param", label=str(n.target))
+            continue
+        role = op_kind(n, modules)
+        inputs = _tensor_inputs(n)
+        if n.op == "call_function" and n.target is torch.ops.aten.addmm.default and len(inputs) == 3:
+            inputs = [inputs[1], inputs[2], inputs[0]]  # (activation, weight, bias), as F.linear
+        cat_dim = None
+        if role == "cat":
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            cat_dim = dim if isinstance(dim, int) else None
+        nodes[n] = prov.add(role, tuple(nodes[i] for i in inputs if i in nodes), shape, cat_dim=cat_dim,
+                            label=str(n.target), floating=_floating(n))
+    return prov, nodes
 
 
 def owner_path(node: fx.Node) -> tuple[str, str]:

@@ -43,9 +43,24 @@ def test_cross_attention_only_model_cannot_be_hybridized():
         Pipeline([passes.FindAttention(), passes.Hybridize()]).run(ZOO["sana"].build())
 
 
-def test_untraceable_model_names_the_module():
-    with pytest.raises(TraceError, match="could not trace _Untraceable") as exc:
-        trace_model(_Untraceable(), {"x": torch.ones(3)})
+def test_untraceable_model_is_read_by_running_it():
+    traced = trace_model(_Untraceable(), {"x": torch.ones(3)})
+    assert traced.method == "eager" and set(traced.fallback_reasons) == {"fx", "export"}
+
+
+class _DoesNotRun(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _MLP()
+
+    def forward(self, x):
+        return self.net(x.T)  # wrong axis for the first Linear
+
+
+def test_model_that_does_not_run_names_the_module_and_the_call():
+    with pytest.raises(TraceError, match=r"could not run _DoesNotRun: its forward failed in net\.net\.0 \(Linear\) "
+                                         r"at linear: RuntimeError") as exc:
+        trace_model(_DoesNotRun(), {"x": torch.ones(3, 4)})
     assert "\n" not in str(exc.value)
 
 

@@ -1,9 +1,11 @@
-"""Tiny random-weight diffusers transformers (and a hand-written DiT) for the conformance suite.
+"""The conformance zoo: every diffusers transformer class, tiny, and a hand-written DiT.
 
-Each entry builds a model small enough to trace and run on CPU in about a second and
-says which attention sites the suite expects: ``{owner_path_suffix: kind}`` counts per kind.
-Sequence lengths are chosen distinct (video tokens != text tokens != head_dim) so that
-classification cannot pass by coincidence.
+``ZOO[name]`` is a ``ZooEntry`` for a diffusers class name (configs and inputs in
+``zoo_diffusers.TINY``), a short alias the other tests use (``"wan"``, ``"flux"``, ...)
+or ``"handwritten"``. Each entry builds a model small enough to trace and run on CPU
+in about a second and says which attention sites the suite expects (counts per kind),
+or why it cannot be built tiny. Sequence lengths are chosen distinct (video tokens !=
+text tokens != head_dim) so that classification cannot pass by coincidence.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ TEXT_LEN = 7
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    build: Callable[[], Target]
-    expected: dict[str, int]  # kind -> number of sites
+    build: Callable[[], Target] | None  # None: cannot be built tiny (``reason``)
+    expected: dict[str, int]  # kind -> number of sites ({}: no attention discovery can read)
+    alt_inputs: Callable[[int], dict[str, Any]] | None = None  # another resolution
+    note: str = ""
+    reason: str = ""
+    cls: str | None = None  # the diffusers class
+    missing: bool = False  # a diffusers class the table does not know yet
+    atol: float = 1e-4
+    no_export: str = ""
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -38,146 +47,6 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 def _target(model: nn.Module, fn: Callable[[int], dict[str, Any]], name: str) -> Target:
     torch.manual_seed(0)
     return Target(model=model.eval(), example_inputs=fn, name=name)
-
-
-def wan() -> Target:
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    m = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 4, 2, 6, 6), "timestep": torch.full((b,), 500.0),
-        "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1), "return_dict": False,
-    }, "wan")
-
-
-def cogvideox() -> Target:
-    from diffusers import CogVideoXTransformer3DModel
-
-    torch.manual_seed(0)
-    m = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
-        text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=5, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=TEXT_LEN,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 2, 4, 8, 8), "timestep": torch.full((b,), 500, dtype=torch.long),
-        "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1), "return_dict": False,
-    }, "cogvideox")
-
-
-def hunyuan_video() -> Target:
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    torch.manual_seed(0)
-    m = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
-        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 4, 1, 4, 4), "timestep": torch.full((b,), 500, dtype=torch.long),
-        "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "encoder_attention_mask": torch.ones(b, TEXT_LEN, dtype=torch.long),
-        "pooled_projections": _randn(b, 8, seed=2), "guidance": torch.full((b,), 3500.0), "return_dict": False,
-    }, "hunyuan_video")
-
-
-def ltx_video() -> Target:
-    from diffusers import LTXVideoTransformer3DModel
-
-    torch.manual_seed(0)
-    m = LTXVideoTransformer3DModel(
-        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
-        cross_attention_dim=16, num_layers=2, caption_channels=16,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 2 * 4 * 4, 4), "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "timestep": torch.full((b,), 500, dtype=torch.long),
-        "encoder_attention_mask": torch.ones(b, TEXT_LEN, dtype=torch.long),
-        "num_frames": 2, "height": 4, "width": 4, "return_dict": False,
-    }, "ltx_video")
-
-
-def mochi() -> Target:
-    from diffusers import MochiTransformer3DModel
-
-    torch.manual_seed(0)
-    m = MochiTransformer3DModel(
-        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
-        in_channels=4, out_channels=4, qk_norm="rms_norm", text_embed_dim=16, time_embed_dim=4,
-        activation_fn="swiglu", max_sequence_length=16,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 4, 2, 8, 8), "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "timestep": torch.full((b,), 500, dtype=torch.long),
-        "encoder_attention_mask": torch.ones(b, TEXT_LEN, dtype=torch.bool), "return_dict": False,
-    }, "mochi")
-
-
-def sd3() -> Target:
-    from diffusers import SD3Transformer2DModel
-
-    torch.manual_seed(0)
-    m = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
-        caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=8, out_channels=4,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 4, 8, 8), "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "pooled_projections": _randn(b, 8, seed=2), "timestep": torch.full((b,), 500, dtype=torch.long),
-        "return_dict": False,
-    }, "sd3")
-
-
-def flux() -> Target:
-    from diffusers import FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    m = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=(4, 4, 8),
-    )
-    n = 20
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, n, 4), "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "pooled_projections": _randn(b, 8, seed=2), "timestep": torch.full((b,), 0.5),
-        "img_ids": torch.randn(n, 3, generator=_gen(3)), "txt_ids": torch.zeros(TEXT_LEN, 3), "return_dict": False,
-    }, "flux")
-
-
-def pixart() -> Target:
-    from diffusers import PixArtTransformer2DModel
-
-    torch.manual_seed(0)
-    m = PixArtTransformer2DModel(
-        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=16,
-        in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 4, 8, 8), "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "timestep": torch.full((b,), 500, dtype=torch.long),
-        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}, "return_dict": False,
-    }, "pixart")
-
-
-def sana() -> Target:
-    from diffusers import SanaTransformer2DModel
-
-    torch.manual_seed(0)
-    m = SanaTransformer2DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
-        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
-        sample_size=8, patch_size=2,
-    )
-    return _target(m, lambda b: {
-        "hidden_states": _randn(b, 4, 8, 8), "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1),
-        "timestep": torch.full((b,), 500, dtype=torch.long), "return_dict": False,
-    }, "sana")
 
 
 class _HandAttention(nn.Module):
@@ -237,6 +106,58 @@ class HandWrittenDiT(nn.Module):
         return x.reshape(b, c, h, w)
 
 
+def diffusers_transformer_classes() -> list[str]:
+    """Every transformer class diffusers exports: ``ModelMixin`` subclasses in ``diffusers.models`` defined
+    under ``diffusers.models.transformers`` (UNets, VAEs and ControlNets are not DiTs and are out of scope)."""
+    import diffusers.models as dm
+    from diffusers.models.modeling_utils import ModelMixin
+
+    found = []
+    for name in dir(dm):
+        obj = getattr(dm, name, None)
+        if isinstance(obj, type) and issubclass(obj, ModelMixin) and obj.__module__.startswith(
+                "diffusers.models.transformers."):
+            found.append(name)
+    return sorted(found)
+
+
+def _diffusers_entry(cls_name: str, alias: str | None = None) -> ZooEntry:
+    from zoo_diffusers import TINY, CannotBuild
+
+    spec = TINY.get(cls_name)
+    if spec is None:
+        return ZooEntry(alias or cls_name, None, {}, reason=(
+            f"new diffusers transformer class {cls_name} has no entry in tests/zoo_diffusers.py TINY: "
+            "add a tiny config, or a CannotBuild with the reason"), missing=True)
+    if isinstance(spec, CannotBuild):
+        return ZooEntry(alias or cls_name, None, {}, reason=spec.reason)
+
+    def build() -> Target:
+        import diffusers
+
+        torch.manual_seed(0)
+        model = getattr(diffusers, cls_name)(**spec.config)
+        _wake_zero_parameters(model)
+        return _target(model, spec.inputs, alias or cls_name)
+
+    return ZooEntry(alias or cls_name, build, dict(spec.expected), alt_inputs=spec.alt_inputs, note=spec.note,
+                    cls=cls_name, atol=spec.atol, no_export=spec.no_export)
+
+
+def _wake_zero_parameters(model: nn.Module) -> None:
+    """Give all-zero parameters small random values.
+
+    DiTs zero-initialise their adaLN gates and output projections, so a freshly built
+    model's output does not depend on its attention at all and the suite's r=0 and
+    gradient checks would be vacuous; trained checkpoints have no all-zero tensors.
+    """
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and not param.any():
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
 def handwritten() -> Target:
     torch.manual_seed(0)
     return _target(HandWrittenDiT(), lambda b: {
@@ -245,18 +166,39 @@ def handwritten() -> Target:
     }, "handwritten")
 
 
-ZOO: dict[str, ZooEntry] = {
-    e.name: e
-    for e in [
-        ZooEntry("wan", wan, {"self": 2, "cross": 2}),
-        ZooEntry("cogvideox", cogvideox, {"joint": 2}),
-        ZooEntry("hunyuan_video", hunyuan_video, {"joint": 2, "self": 1}),
-        ZooEntry("ltx_video", ltx_video, {"self": 2, "cross": 2}),
-        ZooEntry("mochi", mochi, {"joint": 2, "cross": 1}),
-        ZooEntry("sd3", sd3, {"joint": 2}),
-        ZooEntry("flux", flux, {"joint": 2}),
-        ZooEntry("pixart", pixart, {"self": 2, "cross": 2}),
-        ZooEntry("sana", sana, {"cross": 2}),
-        ZooEntry("handwritten", handwritten, {"self": 3, "cross": 3}),
-    ]
+def _handwritten_alt(b: int) -> dict[str, Any]:
+    return {"hidden_states": _randn(b, 4, 6, 8), "timestep": torch.full((b,), 500.0),
+            "encoder_hidden_states": _randn(b, TEXT_LEN, 16, seed=1)}
+
+
+# Short names the other tests use, for the families they exercise.
+ALIASES: dict[str, str] = {
+    "wan": "WanTransformer3DModel", "cogvideox": "CogVideoXTransformer3DModel",
+    "hunyuan_video": "HunyuanVideoTransformer3DModel", "ltx_video": "LTXVideoTransformer3DModel",
+    "mochi": "MochiTransformer3DModel", "sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel",
+    "pixart": "PixArtTransformer2DModel", "sana": "SanaTransformer2DModel",
 }
+
+HANDWRITTEN = ZooEntry("handwritten", handwritten, {"self": 3, "cross": 3}, alt_inputs=_handwritten_alt)
+
+
+class _Zoo(dict):
+    """Entries by short alias or diffusers class name, built on first use (diffusers imports are not free)."""
+
+    def __missing__(self, key: str) -> ZooEntry:
+        if key == "handwritten":
+            entry = HANDWRITTEN
+        elif key in ALIASES:
+            entry = _diffusers_entry(ALIASES[key], alias=key)
+        else:
+            entry = _diffusers_entry(key)
+        self[key] = entry
+        return entry
+
+
+ZOO: dict[str, ZooEntry] = _Zoo()
+
+
+def conformance_names() -> list[str]:
+    """What the conformance suite runs: every diffusers transformer class, and the hand-written DiT."""
+    return [*diffusers_transformer_classes(), "handwritten"]
