@@ -59,7 +59,10 @@ def test_tuner_smoke_writes_a_table_the_kernels_read(tmp_path):
     spec = importlib.util.spec_from_file_location("tuned_under_test", table)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.TUNED_CONFIGS == report["configs"]
+    from lincompress.kernels.tuned_configs import TUNED_CONFIGS as committed
+
+    # the written table is the committed one with the freshly tuned entries replaced or added
+    assert module.TUNED_CONFIGS == {**committed, **report["configs"]}
     from lincompress.kernels import linear_attention_triton as lat
 
     try:  # the tuner JSON, as LINCOMPRESS_LINEAR_ATTENTION_CONFIGS would load it
