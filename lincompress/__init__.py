@@ -3,6 +3,7 @@
     import lincompress
     state = lincompress.compress("model.py", target_linear=0.7, steps=2000, out_dir="out/lin70")
     pipe.transformer = lincompress.apply(pipe.transformer, "out/lin70")
+    video = lincompress.run_pipeline(pipe, "a red fox in the snow", "out/lin70")  # sampled as it was trained
 
 ``import lincompress`` loads only the core (the target contract, the pipeline, the op and
 its kernels); everything else -- passes, exporters, artifacts, the training stack -- is
@@ -34,6 +35,10 @@ _LAZY = {
     "compress": ("lincompress.api", "compress"),
     "recover": ("lincompress.api", "recover"),
     "bench": ("lincompress.benchmarking", "bench"),
+    "TargetOptions": ("lincompress.target", "TargetOptions"),
+    "GuidanceConfig": ("lincompress.guidance", "GuidanceConfig"),
+    "guidance_of": ("lincompress.guidance", "guidance_of"),
+    "run_pipeline": ("lincompress.guidance", "run_pipeline"),
     "passes": ("lincompress.passes", None),
     "exporters": ("lincompress.exporters", None),
     "registry": ("lincompress.registry", None),

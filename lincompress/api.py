@@ -6,8 +6,10 @@
 Both take the options of the passes they run as keyword arguments: any field of
 ``FindAttentionConfig``, ``HybridizeConfig``, ``SelectConfig``, ``SelectiveConfig``,
 ``GreedySelectConfig`` or ``RecoveryConfig`` (a name several of them have, like
-``target_linear`` or ``seed``, goes to each). An option the chosen recipe does not use
-is an error, not silently ignored. ``lincompress optimize`` is ``compress`` with these
+``target_linear`` or ``seed``, goes to each), and of ``TargetOptions`` (the prompt set,
+the teacher's guidance, a pipeline's resolution: ``prompts_file=``, ``guidance_scale=``,
+``height=``...; applied to the model.py's target, or to a copy of a given Target). An
+option the chosen recipe does not use is an error, not silently ignored. ``lincompress optimize`` is ``compress`` with these
 options as flags.
 """
 
@@ -24,7 +26,7 @@ from lincompress.errors import LinCompressError
 from lincompress.pipeline import Pipeline, State
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
 from lincompress.selection import HEURISTICS
-from lincompress.target import Target, load_target
+from lincompress.target import Target, TargetOptions, configure_target
 
 SELECTIONS: tuple[str, ...] = ("learned", *HEURISTICS, "greedy")
 WORK_DIR = ".lincompress-work"  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
@@ -38,8 +40,8 @@ def _homes() -> dict[str, type[PassConfig]]:
     from lincompress.passes.select import SelectConfig
     from lincompress.passes.selective_transfer import GreedySelectConfig
 
-    return {"discovery": FindAttentionConfig, "hybridization": HybridizeConfig, "heuristic selection": SelectConfig,
-            "learned selection (select='learned')": SelectiveConfig, "greedy selection": GreedySelectConfig,
+    return {"target": TargetOptions, "discovery": FindAttentionConfig, "hybridization": HybridizeConfig,
+            "heuristic selection": SelectConfig, "learned selection (select='learned')": SelectiveConfig, "greedy selection": GreedySelectConfig,
             "recovery": RecoveryConfig}
 
 
@@ -103,6 +105,10 @@ def _check_select(select: Any, steps: int) -> str | list[str]:
     return select
 
 
+def _target_options(opts: dict[str, dict[str, Any]]) -> TargetOptions | None:
+    return TargetOptions(**opts["target"]) if opts.get("target") else None
+
+
 def _steps(options: dict[str, Any]) -> int:
     return RecoveryConfig(steps=options.get("steps", field_default(RecoveryConfig, "steps"))).steps
 
@@ -133,7 +139,7 @@ def compress(
         options.pop("steps", None)  # the switch that leaves recovery out, not a recovery option
     select = _check_select(select, steps)
     label = _selection_label(select)
-    used = ["discovery", "hybridization", label] + (["recovery"] if steps > 0 else [])
+    used = ["target", "discovery", "hybridization", label] + (["recovery"] if steps > 0 else [])
     opts = _dispatch(options, used, (Arg("select", select), Arg("steps", steps)))
     recipe: list[Any] = [passes.FindAttention(**opts["discovery"]), passes.Hybridize(**opts["hybridization"]),
                          _selection_pass(select, opts, label)]
@@ -144,7 +150,7 @@ def compress(
     if out_dir is not None:
         recipe += [passes.Save(out_dir, overwrite=overwrite or resume), passes.Report(out_dir)]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
-    return pipeline.run(target if isinstance(target, Target) else load_target(target))
+    return pipeline.run(configure_target(target, _target_options(opts)))
 
 
 def recover(
@@ -157,23 +163,23 @@ def recover(
     ``linear_attention`` with ``select=None``. ``select`` is "learned" (selective transfer:
     ``target_linear`` of the sites become linear, chosen by training), a heuristic
     ("uniform" / "first" / "last"), "greedy" or a list of site names. ``options``: fields of
-    ``RecoveryConfig`` and of the selection's config (``target_linear``, ``steps``,
-    ``objective``, ``lr``, ...). The returned ``State`` has ``.selection`` (the sites that
+    ``RecoveryConfig``, of the selection's config (``target_linear``, ``steps``,
+    ``objective``, ``lr``, ...) and of ``TargetOptions`` (``guidance_scale``, ``prompts_file``...). The returned ``State`` has ``.selection`` (the sites that
     became linear: fix them with ``passes.Fix`` or a second ``mto.apply_mode``), ``.metrics``
     and ``.modified_parameters``; ``.model`` is ``model``, trained.
     """
-    if not isinstance(target, Target):
-        target = load_target(target)
-    if model is target.model:
-        raise LinCompressError("recover trains a hybridized copy against the original: pass the hybrid as model and "
-                               "a Target whose model is the unconverted original")
     from lincompress import passes
 
     steps = _steps(options)
     select = _check_select(select, steps)
     label = _selection_label(select)
-    opts = _dispatch(options, [label, "recovery"], (Arg("select", select),))
-    state = State.for_hybrid(target, model)
+    opts = _dispatch(options, ["target", label, "recovery"], (Arg("select", select),))
     recipe = [_selection_pass(select, opts, label),
               passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"])]
-    return Pipeline(recipe).run(state)
+    pipeline = Pipeline(recipe)  # every option is validated: now load the model
+    target = configure_target(target, _target_options(opts))
+    if model is target.model:
+        raise LinCompressError("recover trains a hybridized copy against the original: pass the hybrid as model and "
+                               "a Target whose model is the unconverted original")
+    state = State.for_hybrid(target, model)
+    return pipeline.run(state)

@@ -7,7 +7,9 @@ by name in ``lincompress.registry``, so a third-party pass works wherever it is
 installed), then loads the weights: every tensor the recipe added (the linear sites'
 parameters, anything a third-party pass added) plus the base parameters training
 changed. Beside the recipe the manifest keeps a summary for people and tools (selection,
-candidates, feature map, metrics, versions) and the base model's fingerprint.
+candidates, feature map, metrics, versions), the base model's fingerprint, and how the
+model samples (``guidance``, ``prompts``, ``resolution``, ``target_options``: see
+``lincompress.target_record``; ``open_artifact`` rebuilds the target from them).
 
 Loading checks the format version, the weights' checksum and the base model's identity,
 and refuses anything that does not match with a one-line ``ArtifactError``. ``apply`` is
@@ -162,6 +164,7 @@ def _candidates(state: State) -> list[str]:
 def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write manifest + weights atomically (weights first, so a manifest never points at missing weights)."""
     from lincompress.fingerprint import model_fingerprint
+    from lincompress.target_record import target_record
 
     if state.selection is None or not state.fixed:
         raise LinCompressError("save needs a fixed model; run passes.Fix() before saving")
@@ -169,6 +172,7 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
     check_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = atomic.write_safetensors(out_dir / WEIGHTS, artifact_tensors(state), {"format": "lincompress"})
+    sampling = target_record(state.target, state.recipe, out_dir)  # guidance, prompts, resolution (+ prompts.json)
     candidates = _candidates(state)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -190,6 +194,7 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
         "modified_parameters": sorted(state.modified_parameters),
         "weights": {"file": WEIGHTS, "sha256": _sha256(weights_path)},
         "versions": _versions(),
+        **sampling,
         **(extra or {}),
     }
     atomic.write_json(out_dir / MANIFEST, manifest)
@@ -203,8 +208,8 @@ _REQUIRED = {1: ("sites", "selection", "feature_map", "base_model", "weights"),
              2: ("recipe", "selection", "base_model", "weights")}
 
 
-def read_artifact(out_dir: str | Path) -> Artifact:
-    """Parse and verify an artifact directory (format version, weights checksum)."""
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Parse and check an artifact's ``lincompress.json`` (format version, required keys, recipe shape); no weights."""
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
@@ -228,6 +233,13 @@ def read_artifact(out_dir: str | Path) -> Artifact:
     if not isinstance(recipe, list) or not all(isinstance(s, dict) and isinstance(s.get("pass"), str) for s in recipe):
         raise ArtifactError(f"{manifest_path} has a malformed recipe (a list of {{'pass', 'config', 'metadata'}} "
                             "steps is expected); re-run `lincompress optimize`")
+    return manifest
+
+
+def read_artifact(out_dir: str | Path) -> Artifact:
+    """Parse and verify an artifact directory (format version, weights checksum)."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
     weights_path = out_dir / manifest["weights"]["file"]
     if not weights_path.is_file():
         raise ArtifactError(f"{weights_path} is missing; the artifact is incomplete, re-run `lincompress optimize`")
@@ -361,12 +373,16 @@ def apply(model: nn.Module, artifact: str | Path | Artifact, check_base: bool = 
     return model
 
 
-def open_artifact(out_dir: str | Path) -> tuple[Artifact, Target]:
+def open_artifact(out_dir: str | Path, **target_options: Any) -> tuple[Artifact, Target]:
     """Read the artifact once, build its recorded model.py once, apply it: ``(artifact, target)``.
 
-    ``target.model`` is the artifact's model (the freshly built original, converted in place).
+    The target is rebuilt as the artifact was made (its recorded prompts, guidance and
+    resolution, ``lincompress.target_record``); ``target_options`` (TargetOptions fields,
+    e.g. ``height=480``) replace recorded ones. ``target.model`` is the artifact's model
+    (the freshly built original, converted in place).
     """
     from lincompress.target import load_target
+    from lincompress.target_record import recorded_options
 
     artifact = read_artifact(out_dir)
     source = artifact.base_model.get("source")
@@ -374,7 +390,7 @@ def open_artifact(out_dir: str | Path) -> tuple[Artifact, Target]:
         raise ArtifactError(
             f"{out_dir} records no loadable model.py ({source!r}); use lincompress.apply(model, out_dir) with your model"
         )
-    target = load_target(source)
+    target = load_target(source, recorded_options(artifact, **target_options))
     apply(target.model, artifact)
     return artifact, target
 

@@ -34,13 +34,13 @@ import torch
 from torch import nn
 
 from lincompress.attention import SITES_ATTR, detach_sites, iter_sites
-from lincompress.config import Arg, ArgumentError, PassConfig, feature_map_option, literal, option
+from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, feature_map_option, literal, option
 from lincompress.devices import DTYPES, resolve_device, resolve_dtype
 from lincompress.discovery import SiteInfo
 from lincompress.errors import LinCompressError
 from lincompress.rewrite import fix_model, hybridize_model
 from lincompress.selection import HEURISTICS, heuristic_selection
-from lincompress.target import Target, load_target
+from lincompress.target import Target, TargetOptions, load_target
 
 __all__ = ["DTYPES", "BenchConfig", "Row", "Timing", "bench", "resolve_device", "resolve_dtype", "time_call"]
 DEFAULT_TARGETS = "0.5,0.7,1.0"
@@ -224,9 +224,14 @@ def flow_sigmas(scheduler: Any, steps: int) -> tuple[str, Any]:
 
 
 def make_sampler(
-    model: Callable[..., Any], kwargs: dict[str, Any], latent_key: str, timestep_key: str, scheduler: Any, steps: int
+    model: Callable[..., Any], kwargs: dict[str, Any], latent_key: str, timestep_key: str, scheduler: Any, steps: int,
+    uncond: dict[str, Any] | None = None, guidance_scale: float = 1.0,
 ) -> tuple[Callable[[], torch.Tensor], str]:
     """A closure running an N-step flow-matching Euler sampling loop from ``kwargs[latent_key]``.
+
+    With ``uncond`` (the kwargs of CFG's unconditional branch) every step runs two forwards,
+    conditional then unconditional, and steps along ``v_u + guidance_scale (v_c - v_u)``, as a
+    guided pipeline does.
 
     With a diffusers scheduler (``set_timesteps`` + ``step``) the loop is exactly a
     pipeline's denoising loop (a fresh copy of the scheduler per run, so runs are
@@ -243,10 +248,15 @@ def make_sampler(
     t_dtype = example_t.dtype if isinstance(example_t, torch.Tensor) else torch.float32
     batch = latent.shape[0]
     kind, spec = flow_sigmas(scheduler, steps)
+    cfg = f", CFG scale {guidance_scale:g} (2 forwards per step)" if uncond is not None else ""
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         timestep = t.to(device=x.device, dtype=t_dtype).reshape(1).repeat(batch)  # contiguous, like the example
-        return model_output(model(**{**kwargs, latent_key: x, timestep_key: timestep}))
+        v = model_output(model(**{**kwargs, latent_key: x, timestep_key: timestep}))
+        if uncond is None:
+            return v
+        v_uncond = model_output(model(**{**uncond, latent_key: x, timestep_key: timestep}))
+        return v_uncond + guidance_scale * (v - v_uncond)
 
     if kind == "scheduler":
 
@@ -258,7 +268,7 @@ def make_sampler(
                 x = sched.step(call(x, t), t, x, return_dict=False)[0]
             return x
 
-        return run, f"{type(spec).__name__}, {steps} steps"
+        return run, f"{type(spec).__name__}, {steps} steps{cfg}"
 
     sigmas = spec.to(latent.device)
 
@@ -269,7 +279,7 @@ def make_sampler(
             x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(latent.dtype)
         return x
 
-    return run_euler, f"Euler (flow matching), {steps} steps"
+    return run_euler, f"Euler (flow matching), {steps} steps{cfg}"
 
 
 # --------------------------------------------------------------------------- fixed models
@@ -366,7 +376,14 @@ class Row:
     compile_s: float | None = None
     speedup_forward: float | None = None
     speedup_sampling: float | None = None
+    forwards_per_step: int = 1  # denoiser forwards per sampler step: 2 with CFG, 1 unguided or guidance-distilled
+    speedup_step: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step_ms(self) -> float | None:
+        """Denoiser time per sampler step: one forward's median times the forwards per step."""
+        return self.forward.median_ms * self.forwards_per_step if self.forward else None
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -381,6 +398,9 @@ class Row:
             "sampling": self.sampling.to_dict() if self.sampling else None,
             "speedup_forward": self.speedup_forward,
             "speedup_sampling": self.speedup_sampling,
+            "forwards_per_step": self.forwards_per_step,
+            "step_ms": self.step_ms,
+            "speedup_step": self.speedup_step,
             "peak_memory_bytes": self.peak_memory_bytes,
             "peak_memory_mib": None if self.peak_memory_bytes is None else round(self.peak_memory_bytes / 2**20, 1),
             "compile_s": self.compile_s,
@@ -399,6 +419,8 @@ def fill_speedups(rows: list[Row]) -> None:
             row.speedup_forward = base.forward.median_ms / row.forward.median_ms
         if base.sampling and row.sampling:
             row.speedup_sampling = base.sampling.median_ms / row.sampling.median_ms
+        if base.step_ms and row.step_ms:
+            row.speedup_step = base.step_ms / row.step_ms
 
 
 def format_memory(num_bytes: int | None) -> str:
@@ -449,8 +471,11 @@ class BenchConfig(PassConfig):
 
 
 def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target, device: torch.device,
-             config: BenchConfig) -> None:
-    """Fill ``row`` with forward/sampling timings and peak memory of ``model`` (compiled if asked)."""
+             config: BenchConfig, uncond: dict[str, Any] | None = None) -> None:
+    """Fill ``row`` with forward/sampling timings and peak memory of ``model`` (compiled if asked).
+
+    ``uncond``: CFG's unconditional kwargs, used by the sampling loop when the row runs 2 forwards per step.
+    """
     runner = model
     if config.compile:
         torch._dynamo.reset()
@@ -464,7 +489,8 @@ def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target,
         row.extra["output_finite"] = bool(torch.isfinite(model_output(runner(**kwargs))).all())
         if config.steps > 0:
             sample, _ = make_sampler(runner, kwargs, target.latent_key, target.timestep_key, target.scheduler,
-                                     config.steps)
+                                     config.steps, uncond if row.forwards_per_step == 2 else None,
+                                     target.teacher_guidance_scale)
             row.sampling = time_call(sample, device, warmup=1, reps=config.sampling_reps)
 
 
@@ -474,14 +500,22 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
 
     Measures the original model and, per target fraction (``targets``, uniformly spread by
     default), a fixed hybrid built in place -- or the ``artifact``'s model instead. Options
-    are ``BenchConfig`` fields. Returns the JSON-ready report: model, environment (device,
-    versions), settings, and one row per model (median forward and sampling-loop ms,
-    speed-ups against the original, peak device memory).
+    are ``BenchConfig`` fields and ``TargetOptions`` fields (a model.py is rebuilt as the
+    artifact recorded -- resolution, prompts, guidance -- unless they override it). A guided
+    teacher (and a ``cfg`` student) runs 2 denoiser forwards per sampler step, a
+    guidance-distilled student 1: each row's ``step_ms`` is its forward time times its
+    ``forwards_per_step``, and the sampling loop runs them all. Returns the JSON-ready report:
+    model, environment (device, versions), settings, and one row per model (median forward,
+    per-step and sampling-loop ms, speed-ups against the original, peak device memory).
     """
     from lincompress.artifacts import apply, read_artifact
+    from lincompress.guidance import GuidanceConfig, guidance_from_manifest
     from lincompress.passes.find_attention import FindAttention
     from lincompress.pipeline import State
+    from lincompress.target_record import recorded_options
 
+    target_fields = {f.name for f in config_fields(TargetOptions)}
+    target_flags = {k: options.pop(k) for k in list(options) if k in target_fields}
     config = BenchConfig.build((), options, "bench")
     if artifact is not None and config.targets is not None:
         raise ArgumentError("{} and {} are exclusive: the artifact fixes which layers are linear; drop one of them",
@@ -490,7 +524,11 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
     model_py = None
     if not isinstance(target, Target):
         model_py = str(Path(target).resolve())
-        target = load_target(target)
+        target = load_target(target, recorded_options(artifact, **target_flags) if artifact is not None
+                             else TargetOptions(**target_flags))
+    elif target_flags:
+        target = TargetOptions(**target_flags).apply(target)
+    teacher_guidance = GuidanceConfig.from_target(target)  # "cfg": the teacher's own forwards per step
     target_values = (config.targets if config.targets is not None else parse_targets(DEFAULT_TARGETS)) \
         if artifact is None else []
     dev = resolve_device(config.device)
@@ -503,8 +541,10 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         fixed = apply(copy.deepcopy(original), art).eval()  # validates base identity before any timing
         fm, candidates, selection = art.feature_map, art.candidates, art.selection
         frac = len(selection) / len(candidates) if candidates else 0.0
-        variants.append((Row(f"artifact ({len(selection)}/{len(candidates)} linear)", frac, len(selection),
-                             len(candidates), selection), ("artifact", fixed)))
+        student = teacher_guidance.updated(student=guidance_from_manifest(art.manifest).student)
+        variants.append((Row(f"artifact ({len(selection)}/{len(candidates)} linear, {student.student})", frac,
+                             len(selection), len(candidates), selection, forwards_per_step=student.forwards_per_step),
+                         ("artifact", fixed)))
         selection_source = f"artifact {artifact}"
     else:
         say("finding attention sites")
@@ -516,8 +556,8 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
             if t == 0.0:
                 continue  # the original row is the 0 % model
             chosen = heuristic_selection(state.candidates, t, config.select)
-            variants.append((Row(f"linear {t:g}", t, len(chosen), len(state.candidates), chosen),
-                             ("in_place", (state.sites, chosen))))
+            variants.append((Row(f"linear {t:g}", t, len(chosen), len(state.candidates), chosen,
+                                 forwards_per_step=teacher_guidance.forwards_per_step), ("in_place", (state.sites, chosen))))
         candidates = [s.name for s in state.candidates]
         selection_source = f"heuristic ({config.select})"
 
@@ -526,13 +566,18 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         "device": str(dev), "compile": config.compile, "warmup": config.warmup, "reps": config.reps,
         "sampling_reps": config.sampling_reps, "targets": target_values, "feature_map": fm,
         "selection": selection_source,
+        "guidance_scale": teacher_guidance.scale,
+        "resolution": target.resolution.to_dict() if target.resolution is not None else None,
     }
     kwargs = move_inputs(target.inputs(config.batch_size), dev, dt, keep_dtype=(target.timestep_key,))
+    uncond = None
+    if teacher_guidance.guided and config.steps > 0:  # CFG's unconditional branch: the negative conditions
+        uncond = {**kwargs, **move_inputs(target.negative_conditions(config.batch_size), dev, dt)}
     cast_model(original, dev, dt)
 
-    base = Row("original", 0.0, 0, len(candidates), [])
+    base = Row("original", 0.0, 0, len(candidates), [], forwards_per_step=teacher_guidance.forwards_per_step)
     say(f"measuring the original on {device_name(dev)}")
-    _measure(base, original, kwargs, target, dev, config)
+    _measure(base, original, kwargs, target, dev, config, uncond)
     rows = [base]
     for row, (kind, payload) in variants:
         say(f"measuring {row.variant}")
@@ -540,11 +585,11 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
             original.to("cpu")
             release_memory(dev)
             cast_model(payload, dev, dt)
-            _measure(row, payload, kwargs, target, dev, config)
+            _measure(row, payload, kwargs, target, dev, config, uncond)
         else:
             sites, chosen = payload
             with fixed_in_place(original, sites, chosen, fm):
-                _measure(row, original, kwargs, target, dev, config)
+                _measure(row, original, kwargs, target, dev, config, uncond)
         rows.append(row)
         release_memory(dev)
     fill_speedups(rows)

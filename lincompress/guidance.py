@@ -12,14 +12,22 @@ one of two modes:
   at guidance scale 1 (one forward per step: half the denoiser work).
 
 ``GuidanceConfig`` is the recorded form (CLI flags ``--guidance-scale``,
-``--negative-prompt``, ``--student-guidance``; the artifact); ``run_pipeline`` runs a
-diffusers pipeline as a config says. Light on imports: artifacts and the CLI use it.
+``--negative-prompt``, ``--student-guidance``; the artifact's ``guidance``);
+``guidance_of(artifact_dir)`` reads it back and ``run_pipeline`` runs a diffusers
+pipeline as it says::
+
+    pipe.transformer = lincompress.apply(pipe.transformer, "out/model")
+    video = lincompress.run_pipeline(pipe, "a red fox in the snow", "out/model", num_inference_steps=50)
+
+Light on imports: artifacts and the CLI use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from lincompress.errors import LinCompressError
@@ -76,6 +84,11 @@ class GuidanceConfig:
             return 1.0
         return self.scale
 
+    def updated(self, *, scale: float | None = None, student: str | None = None) -> GuidanceConfig:
+        """This config with the given (non-None) scale / student mode replacing its own (``eval``'s overrides)."""
+        changes = {k: v for k, v in (("scale", scale), ("student", student)) if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -115,21 +128,24 @@ def pipeline_call_kwargs(pipe: Any, guidance: GuidanceConfig) -> dict[str, Any]:
     return kwargs
 
 
-def run_pipeline(pipe: Any, prompt: str | list[str], guidance: GuidanceConfig, **kwargs: Any) -> Any:
+def run_pipeline(pipe: Any, prompt: str | list[str], guidance: GuidanceConfig | str | Path, **kwargs: Any) -> Any:
     """Run ``pipe(prompt, ...)`` the way the compressed model was trained to sample.
 
-    ``guidance`` holds the recorded settings (guidance scale, negative prompt, student
-    mode); other kwargs (``height``, ``width``, ``num_frames``, ``num_inference_steps``,
-    ``generator``, ``output_type``...) go to the pipeline unchanged. Giving the CFG
-    argument or ``negative_prompt`` yourself is refused, since they would contradict
-    ``guidance``::
+    ``guidance``: an artifact directory (its recorded settings, read by ``guidance_of``) or a
+    ``GuidanceConfig`` (guidance scale, negative prompt, student mode). For a ``distilled``
+    student the pipeline runs at guidance scale 1 (one transformer forward per step); for
+    ``cfg`` at the teacher's scale with its negative prompt. Other kwargs (``height``,
+    ``width``, ``num_frames``, ``num_inference_steps``, ``generator``, ``output_type``...) go
+    to the pipeline unchanged. Giving the CFG argument or ``negative_prompt`` yourself is
+    refused, since they would contradict ``guidance``::
 
         pipe.transformer = lincompress.apply(pipe.transformer, "out/model")
-        video = run_pipeline(pipe, "a red fox in the snow", GuidanceConfig(5.0, "", "distilled"),
-                             num_inference_steps=50).frames[0]
+        video = lincompress.run_pipeline(pipe, "a red fox in the snow", "out/model", num_inference_steps=50).frames[0]
     """
     from lincompress.pipeline_adapters import adapter_for
 
+    if not isinstance(guidance, GuidanceConfig):
+        guidance = guidance_of(guidance)
     guided = pipeline_call_kwargs(pipe, guidance)
     clash = sorted(set(kwargs) & ({adapter_for(pipe).cfg_param, "negative_prompt"} | set(guided)))
     if clash:
@@ -137,14 +153,39 @@ def run_pipeline(pipe: Any, prompt: str | list[str], guidance: GuidanceConfig, *
     return pipe(prompt=prompt, **guided, **kwargs)
 
 
-def guidance_from_manifest(manifest: dict[str, Any]) -> GuidanceConfig:
-    """The guidance an artifact was trained for: its ``guidance`` record, else the recovery settings' student mode.
+def guidance_of(artifact: Any) -> GuidanceConfig:
+    """The guidance an artifact was trained for (teacher scale, negative prompt, student mode).
 
-    Artifacts made before guidance existed (or without recovery) give the default
-    ``GuidanceConfig()`` (the target's own scale, student ``cfg``).
+    ``artifact``: an artifact directory (only its ``lincompress.json`` is read) or a read
+    ``lincompress.artifacts.Artifact``.
+    """
+    from lincompress.artifacts import Artifact, read_manifest
+
+    manifest = artifact.manifest if isinstance(artifact, Artifact) else read_manifest(artifact)
+    return guidance_from_manifest(manifest)
+
+
+def student_guidance_of(recipe: list[Any]) -> str:
+    """The student-guidance mode a recipe trained (its recover step's ``student_guidance``); ``cfg`` without one."""
+    for step in recipe:
+        name = step.get("pass") if isinstance(step, dict) else getattr(step, "name", None)
+        config = step.get("config") if isinstance(step, dict) else getattr(step, "config", None)
+        if name == "recover" and isinstance(config, dict) and config.get("student_guidance"):
+            return check_student_guidance(config["student_guidance"])
+    return "cfg"
+
+
+def guidance_from_manifest(manifest: dict[str, Any]) -> GuidanceConfig:
+    """The guidance an artifact was trained for: its ``guidance`` record, else the recipe's student mode.
+
+    Artifacts made before guidance was recorded (format 2 without ``guidance``: the recover
+    step's config; format 1: its recovery settings) give their student mode with no scale
+    (the target's own scale applies).
     """
     record = manifest.get("guidance")
     if isinstance(record, dict):
         return GuidanceConfig.from_dict({k: record.get(k) for k in ("scale", "negative_prompt", "student") if k in record})
+    if isinstance(manifest.get("recipe"), list):
+        return GuidanceConfig(student=student_guidance_of(manifest["recipe"]))
     recovery = (manifest.get("settings") or {}).get("recovery") or {}
     return GuidanceConfig(student=recovery.get("student_guidance", "cfg") or "cfg")

@@ -258,11 +258,15 @@ class _Captured(Exception):
     pass
 
 
+_UNSET = object()
+
+
 def capture_transformer_inputs(pipe: Any, call_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Call ``pipe(**call_kwargs)`` until its transformer's first forward and return that forward's kwargs.
 
     The forward never runs (a pre-hook aborts it). The pipeline's scheduler is swapped
-    for a copy during the call, so the user's scheduler keeps its state.
+    for a copy during the call, so the user's scheduler keeps its state, and its progress
+    bar is off (the call is not a generation), its own setting put back afterwards.
     """
     captured: dict[str, Any] = {}
 
@@ -273,10 +277,14 @@ def capture_transformer_inputs(pipe: Any, call_kwargs: dict[str, Any]) -> dict[s
         raise _Captured
 
     scheduler = getattr(pipe, "scheduler", None)
+    bar = getattr(pipe, "_progress_bar_config", _UNSET)  # diffusers' DiffusionPipeline.set_progress_bar_config
+    quiet = hasattr(pipe, "progress_bar") and (bar is _UNSET or isinstance(bar, dict))
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         if scheduler is not None:
             pipe.scheduler = copy.deepcopy(scheduler)
+        if quiet:
+            pipe._progress_bar_config = {**(bar if isinstance(bar, dict) else {}), "disable": True}
         pipe(**call_kwargs)
     except _Captured:
         pass
@@ -287,6 +295,10 @@ def capture_transformer_inputs(pipe: Any, call_kwargs: dict[str, Any]) -> dict[s
         handle.remove()
         if scheduler is not None:
             pipe.scheduler = scheduler
+        if quiet and bar is _UNSET:
+            del pipe._progress_bar_config
+        elif quiet:
+            pipe._progress_bar_config = bar
     if not captured or "__args__" in captured:
         raise TargetError("could not capture the transformer's keyword inputs from the pipeline; return a Target instead")
     return {k: v for k, v in captured.items() if k != "return_dict"}

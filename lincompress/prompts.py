@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from lincompress import atomic
+from lincompress.config import Arg, ArgumentError, literal
 from lincompress.errors import LinCompressError, TargetError
 
 PromptEncoder = Callable[[list[str]], dict[str, Tensor]]
@@ -50,18 +51,28 @@ def default_prompts() -> list[str]:
     return parse_prompts(text)
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file, one per line; a one-line error if it is missing or holds none."""
+def read_prompts(path: str | Path, argument: str | None = None) -> list[str]:
+    """Prompts from a text file, one per line; a one-line error if it is missing or holds none.
+
+    ``argument`` names the option the path came from (``prompts_file``): the error is then an
+    ``ArgumentError`` the CLI prints with its flag (``--prompts p.txt holds no prompts``).
+    """
     path = Path(path)
+
+    def fail(problem: str) -> LinCompressError:
+        if argument is None:
+            return LinCompressError(f"prompts file {path} {problem}")
+        return ArgumentError("{} " + literal(problem), Arg(argument, str(path)))
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LinCompressError(f"prompts file {path} does not exist; give a text file with one prompt per line") from None
+        raise fail("does not exist; give a text file with one prompt per line") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise LinCompressError(f"prompts file {path} is unreadable ({exc}); give a UTF-8 text file, one prompt per line") from None
+        raise fail(f"is unreadable ({exc}); give a UTF-8 text file, one prompt per line") from None
     prompts = parse_prompts(text)
     if not prompts:
-        raise LinCompressError(f"prompts file {path} holds no prompts; write one prompt per line")
+        raise fail("holds no prompts; write one prompt per line")
     return prompts
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, literal, option
 from lincompress.errors import TargetError
 from lincompress.guidance import check_guidance_scale
 from lincompress.pipeline_adapters import Resolution, adapter_for, call_accepts, capture_transformer_inputs
@@ -175,43 +178,76 @@ def resolution_warning(target: Target, flags: bool = False) -> str | None:
             f"{'/'.join(f'--{n}' if flags else n for n in ('height', 'width', 'frames'))} to train faster")
 
 
-@dataclass(frozen=True)
-class TargetOptions:
-    """What a user states outside model.py (the CLI's ``--prompts --height ...`` flags), applied by ``load_target``.
+class TargetArgumentError(ArgumentError, TargetError):
+    """A target problem whose fix is an argument (the CLI prints it with the flag)."""
 
-    prompts / prompts_file: the prompt set (list, or a text file with one per line); not both.
-    negative_prompt / guidance_scale: the teacher's CFG settings.
-    height / width / frames: the resolution of a pipeline target (pixels, frames).
-    max_sequence_length: text tokens per prompt for a pipeline's encoder (None: the pipeline's default).
+
+class ResolutionWarning(UserWarning):
+    """A pipeline target samples at the pipeline's default resolution (``resolution_warning`` says how big)."""
+
+    def __init__(self, message: str, target: Target) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+@dataclass
+class TargetOptions(PassConfig):
+    """What a user states outside model.py: the prompt set, the teacher's guidance, a pipeline's resolution.
+
+    ``load_target(model.py, options)`` applies them (to the pipeline ``build()`` returns, or to a
+    copy of its Target); every field is a flag of ``lincompress optimize`` / ``inspect`` / ``eval`` /
+    ``bench`` (``prompts_file`` is ``--prompts FILE``) and an option of ``lincompress.compress``.
+    An artifact records them (``lincompress.target_record``), so the target can be rebuilt as it was.
     """
 
-    prompts: tuple[str, ...] | None = None
-    prompts_file: str | None = None
-    negative_prompt: str | None = None
-    guidance_scale: float | None = None
-    height: int | None = None
-    width: int | None = None
-    frames: int | None = None
-    max_sequence_length: int | None = None
+    prompts: list[str] | None = option(None, cli=False, record=False,
+                                       help="The prompts to condition recovery on (Python; the CLI reads --prompts FILE).")
+    prompts_file: str | None = option(
+        None, cli="--prompts", record=False, metavar="FILE",
+        help="Text file with one prompt per line to condition recovery on [default: the set shipped with lincompress].")
+    negative_prompt: str | None = option(
+        None, help="Prompt of classifier-free guidance's unconditional branch [default: the pipeline's, \"\"].")
+    guidance_scale: float | None = option(
+        None, low=0.0, low_open=True,
+        help="The teacher's classifier-free guidance scale S (1: none) [default: the pipeline's own, else 1].")
+    height: int | None = option(None, low=1, help="Height in pixels a pipeline samples at [default: the pipeline's].")
+    width: int | None = option(None, low=1, help="Width in pixels a pipeline samples at [default: the pipeline's].")
+    frames: int | None = option(None, low=1, help="Frames a pipeline samples [default: the pipeline's].")
+    max_sequence_length: int | None = option(
+        None, low=1, help="Text tokens per prompt of a pipeline's text encoder [default: the pipeline's].")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.prompts is not None and self.prompts_file is not None:
-            raise TargetError("give either prompts or prompts_file, not both")
+            raise TargetArgumentError("give either {} or {}, not both", Arg("prompts"), Arg("prompts_file"))
         if self.prompts is not None:
-            object.__setattr__(self, "prompts", tuple(check_prompts(self.prompts)))
-        for name in ("height", "width", "frames", "max_sequence_length"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise TargetError(f"{name} must be a positive integer, got {value!r}")
-        if self.guidance_scale is not None:
-            object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale, error=TargetError))
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise TargetError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
+            self.prompts = check_prompts(self.prompts)
+        if self.prompts_file is not None:
+            read_prompts(self.prompts_file, "prompts_file")  # a missing or empty file fails before any model loads
+        if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
+            raise TargetArgumentError("{} must be a finite number > 0 (1 means no guidance)",
+                                      Arg("guidance_scale", self.guidance_scale))
+
+    @property
+    def states_prompts(self) -> bool:
+        return self.prompts is not None or self.prompts_file is not None
 
     def prompt_list(self) -> list[str] | None:
         if self.prompts_file is not None:
-            return read_prompts(self.prompts_file)
+            return read_prompts(self.prompts_file, "prompts_file")
         return list(self.prompts) if self.prompts is not None else None
+
+    def given(self) -> dict[str, Any]:
+        """The fields that are set (not None)."""
+        return {f.name: getattr(self, f.name) for f in config_fields(type(self)) if getattr(self, f.name) is not None}
+
+    def updated(self, **overrides: Any) -> TargetOptions:
+        """These options with the non-None ``overrides`` (field names) replacing them; new prompts replace both forms."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        fields = self.given()
+        if "prompts" in overrides or "prompts_file" in overrides:
+            fields.pop("prompts", None)
+            fields.pop("prompts_file", None)
+        return TargetOptions.build((), {**fields, **overrides}, "TargetOptions")
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``target_from_pipeline``."""
@@ -224,20 +260,54 @@ class TargetOptions:
         """A copy of a hand-written ``target`` with these options (the user's object is left as it is)."""
         given = [n for n in ("height", "width", "frames", "max_sequence_length") if getattr(self, n) is not None]
         if given:
-            raise TargetError(f"{given[0]} applies to diffusers pipelines; for a Target, set latent_shape and "
-                              "example_inputs in model.py")
+            raise TargetArgumentError(
+                f"{{}} applies to diffusers pipelines; {literal(target.name)} is a Target: set its latent_shape and "
+                "example_inputs in model.py instead", Arg(given[0], getattr(self, given[0])))
         changes: dict[str, Any] = {}
         prompts = self.prompt_list()
         if prompts is not None:
             if target.prompt_encoder is None:
-                raise TargetError(f"{target.name} has no prompt_encoder, so prompts cannot condition it; "
-                                  "add Target(prompt_encoder=fn) in model.py or drop the prompts")
+                raise TargetArgumentError(
+                    f"{{}}: {literal(target.name)} has no prompt_encoder, so prompts cannot condition it; add "
+                    "Target(prompt_encoder=fn) in model.py or drop the prompts",
+                    Arg("prompts_file", self.prompts_file) if self.prompts_file is not None else Arg("prompts"))
             changes.update(prompts=prompts, conditions=None)  # the prompts replace a conditions fn
         if self.negative_prompt is not None:
             changes["negative_prompt"] = self.negative_prompt
         if self.guidance_scale is not None:
             changes["guidance_scale"] = self.guidance_scale
-        return dataclasses.replace(target, extras=dict(target.extras), **changes) if changes else target
+        if not changes:
+            return target
+        return dataclasses.replace(target, extras={**target.extras, "target_options": self}, **changes)
+
+
+def configure_target(target: Target | str | Path, options: TargetOptions | None = None) -> Target:
+    """``target`` (a Target or a model.py path) with ``options`` applied, warning when a pipeline's resolution was defaulted.
+
+    The warning is a ``ResolutionWarning`` (``resolution_warning`` has its text); the CLI prints it with flag names.
+    """
+    if isinstance(target, Target):
+        target = options.apply(target) if options is not None else target
+    else:
+        target = load_target(target, options)
+    message = resolution_warning(target)
+    if message:
+        warnings.warn(ResolutionWarning(message, target), stacklevel=3)
+    return target
+
+
+def target_summary(target: Target, flags: bool = False) -> dict[str, Any]:
+    """What a target samples: resolution (and video tokens), latent shape, teacher guidance, prompt set (JSON-ready)."""
+    return {
+        "name": target.name,
+        "pipeline": target.extras.get("pipeline"),
+        "latent_shape": list(target.latent_shape) if target.latent_shape is not None else None,
+        "resolution": target.resolution.to_dict() if target.resolution is not None else None,
+        "resolution_warning": resolution_warning(target, flags),
+        "guidance_scale": target.teacher_guidance_scale,
+        "negative_prompt": target.negative_prompt,
+        "prompts": target.prompt_info(),
+    }
 
 
 def target_from_pipeline(
@@ -347,7 +417,8 @@ def load_target(path: str | Path, options: TargetOptions | None = None) -> Targe
     """Import ``model.py`` and call its ``build()``; every failure is a one-line TargetError.
 
     ``options`` (prompts, guidance, resolution) configure a pipeline that build() returns,
-    or are applied to a copy of the Target it returns.
+    or are applied to a copy of the Target it returns; options that change the target are
+    kept in ``target.extras["target_options"]`` (what an artifact records to rebuild it).
     """
     path = Path(path)
     if not path.is_file():
@@ -373,6 +444,8 @@ def load_target(path: str | Path, options: TargetOptions | None = None) -> Targe
         target = options.apply(built) if options is not None else built
     elif hasattr(built, "transformer") and hasattr(built, "scheduler"):
         target = target_from_pipeline(built, name=path.parent.name, **(options.pipeline_kwargs() if options else {}))
+        if options is not None and options.given():
+            target.extras["target_options"] = options  # what an artifact records to rebuild this target
     else:
         raise TargetError(
             f"{path}: build() returned {type(built).__name__}; return lincompress.Target(model=..., example_inputs=...) "

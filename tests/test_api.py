@@ -57,6 +57,9 @@ def test_compress_learns_the_selection_when_it_trains(tmp_path):
     ({"select": "middle"}, "select='middle' is unknown; choose one of learned, first, last, uniform, greedy"),
     ({"strategy": "first"}, "strategy is not an option of compress; choose the selection with select"),
     ({"steps": -1}, "steps=-1 must be >= 0"),
+    ({"heigth": 32}, r"unknown option heigth \(did you mean height\?\)"),
+    ({"steps": 0, "guidance_scale": -2}, r"guidance_scale=-2.0 must be > 0"),
+    ({"steps": 0, "prompts": ["a cat"], "prompts_file": "p.txt"}, "give either prompts or prompts_file, not both"),
 ])
 def test_compress_option_errors_come_before_any_work(options, message):
     with pytest.raises(LinCompressError, match=message):
@@ -76,6 +79,8 @@ def test_recover_trains_a_hybrid_made_elsewhere(tmp_path):
         lincompress.recover(copy.deepcopy(target.model), target, steps=1, progress=False)
     with pytest.raises(LinCompressError, match=r"feature_map='relu' configures hybridization"):
         lincompress.recover(hybrid, target, steps=1, feature_map="relu")
+    with pytest.raises(LinCompressError, match=r"frames=9 applies to diffusers pipelines"):
+        lincompress.recover(hybrid, target, steps=1, frames=9)  # a target option, refused for a hand-written Target
 
 
 def test_bench_from_python(repo):

@@ -46,8 +46,26 @@ def test_run_pipeline_refuses_settings_that_contradict_the_guidance():
         run_pipeline(wan, "a cat", GuidanceConfig(5.0, "", "distilled"), guidance_scale=5.0)
 
 
-def test_guidance_from_manifest_reads_the_record_or_the_recovery_settings():
+def test_guidance_from_manifest_reads_the_record_or_the_recipe_or_the_format_1_settings():
     assert guidance_from_manifest({}) == GuidanceConfig()
     assert guidance_from_manifest({"settings": {"recovery": {"student_guidance": "distilled"}}}).student == "distilled"
     record = {"guidance": {"scale": 4.0, "negative_prompt": "", "student": "cfg"}}
     assert guidance_from_manifest(record) == GuidanceConfig(4.0, "", "cfg")
+    recipe = [{"pass": "hybridize", "config": {}}, {"pass": "recover", "config": {"student_guidance": "distilled"}},
+              {"pass": "fix", "config": {}}]
+    assert guidance_from_manifest({"format_version": 2, "recipe": recipe}) == GuidanceConfig(student="distilled")
+    assert guidance_from_manifest({"format_version": 2, "recipe": recipe[:1]}) == GuidanceConfig()  # no recovery: cfg
+
+
+def test_an_artifact_without_guided_recovery_records_the_teacher_scale_and_a_cfg_student(tmp_path):
+    from lincompress import Pipeline, passes
+    from lincompress.guidance import guidance_of
+    from lincompress.target import target_from_pipeline
+
+    case = PIPELINES["wan"]()
+    target = target_from_pipeline(case.pipe, "wan", prompts=["a cat"], guidance_scale=2.0,
+                                  prompt_options=case.prompt_options, **case.resolution)
+    Pipeline([passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.5), passes.Fix(),
+              passes.Save(tmp_path / "art")]).run(target)
+    assert guidance_of(tmp_path / "art") == GuidanceConfig(2.0, "", "cfg")
+    assert not (tmp_path / "art" / "prompts.json").exists()  # prompts not stated as an option: model.py has them

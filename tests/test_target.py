@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from lincompress import Target, load_target
-from lincompress.errors import TargetError
+from lincompress.errors import LinCompressError, TargetError
 
 
 def _write(tmp_path, body: str):
@@ -122,14 +122,26 @@ def test_target_options_copy_the_users_target_and_refuse_what_does_not_apply(tmp
     assert applied is not user and applied.prompts == ["a cat", "a dog running"] and applied.guidance_scale == 2.0
     assert applied.negative_conditions(1)["encoder_hidden_states"].tolist() == [[4.0]]  # "ugly" encoded
     assert user.prompts == ["a bird"] and user.guidance_scale is None  # the user's object is untouched
-    with pytest.raises(TargetError, match="height applies to diffusers pipelines"):
+    assert applied.extras["target_options"].guidance_scale == 2.0  # what an artifact records
+    with pytest.raises(TargetError, match="height=64 applies to diffusers pipelines") as exc:
         TargetOptions(height=64).apply(user)
+    assert exc.value.render(lambda name: "--" + name).startswith("--height 64 applies")  # the CLI's wording
     with pytest.raises(TargetError, match="has no prompt_encoder"):
         TargetOptions(prompts=("a cat",)).apply(_tiny_target())
     with pytest.raises(TargetError, match="either prompts or prompts_file"):
         TargetOptions(prompts=("a",), prompts_file=str(prompts))
-    with pytest.raises(TargetError, match="width must be a positive integer"):
+    with pytest.raises(LinCompressError, match="width=-3 must be >= 1"):
         TargetOptions(width=-3)
+    with pytest.raises(LinCompressError, match="guidance_scale=inf must be a finite number"):
+        TargetOptions(guidance_scale=float("inf"))
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    with pytest.raises(LinCompressError, match="prompts_file='.*empty.txt' holds no prompts"):
+        TargetOptions(prompts_file=str(tmp_path / "empty.txt"))  # refused when made, before any model loads
+    with pytest.raises(LinCompressError, match="missing.txt' does not exist"):
+        TargetOptions(prompts_file=str(tmp_path / "missing.txt"))
+    assert TargetOptions(height=8, guidance_scale=2.0).updated(height=16, frames=3).given() == {
+        "guidance_scale": 2.0, "height": 16, "frames": 3}
+    assert TargetOptions(prompts_file=str(prompts)).updated(prompts=["x"]).given() == {"prompts": ["x"]}
 
 
 def test_model_py_returning_a_pipeline_gets_prompts_guidance_and_resolution(tmp_path, repo):

@@ -3,8 +3,11 @@
 In one run, with one set of settings, it measures the original model and a fixed
 hybrid per target (or the artifact's fixed model): the median latency of one denoiser
 forward, of a full N-step flow-matching sampling loop, and the peak device memory of
-a forward. It prints a table and writes everything (device, versions, settings, rows)
-as JSON. Every ``BenchConfig`` field is a flag.
+a forward. A guided teacher runs 2 denoiser forwards per sampler step and a guidance-
+distilled artifact 1, so rows also show forwards and milliseconds per step. It prints a
+table and writes everything (device, versions, settings, rows) as JSON. Every
+``BenchConfig`` and ``TargetOptions`` field is a flag (an artifact's model.py is rebuilt at
+its recorded resolution and prompts unless ``--height``... say otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from rich.table import Table
 from lincompress import atomic
 from lincompress import benchmarking as bm
 from lincompress.commands._options import config_options, given
+from lincompress.target import TargetOptions
 
 DEFAULT_JSON = "lincompress-bench.json"
 
@@ -28,12 +32,14 @@ def report_table(report: dict[str, Any]) -> Table:
     title = (f"{report['model']} on {report['environment']['device']}: {s['dtype']}, batch {s['batch_size']}, "
              f"{'compiled' if s['compile'] else 'eager'}, feature map {s['feature_map']}")
     table = Table(title=title)
-    for col in ("model", "linear sites", "forward ms", "speed-up", f"{s['steps']}-step ms", "speed-up", "peak memory"):
+    for col in ("model", "linear sites", "forward ms", "fwd/step", "step ms", "speed-up", f"{s['steps']}-step ms",
+                "speed-up", "peak memory"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
         table.add_row(
             r["variant"], f"{r['num_linear']}/{r['num_candidates']}", bm.format_ms(r["forward_ms"]),
-            bm.format_speedup(r["speedup_forward"]), bm.format_ms(r["sampling_ms"]),
+            str(r["forwards_per_step"]), bm.format_ms(r["step_ms"]), bm.format_speedup(r["speedup_step"]),
+            bm.format_ms(r["sampling_ms"]),
             bm.format_speedup(r["speedup_sampling"]), bm.format_memory(r["peak_memory_bytes"]),
         )
     return table
@@ -45,7 +51,7 @@ def report_table(report: dict[str, Any]) -> Table:
               help="Benchmark this artifact's fixed model (its layers) instead of uniform selections.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=DEFAULT_JSON, show_default=True,
               help="Where to write the JSON report.")
-@config_options(bm.BenchConfig)
+@config_options(bm.BenchConfig, TargetOptions)
 def command(model_py: str, artifact: str | None, json_path: str, **options: Any) -> None:
     """Latency, speed-up and peak memory of MODEL_PY and its fixed linear-attention hybrids."""
     console = Console()

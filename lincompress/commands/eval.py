@@ -1,10 +1,18 @@
-"""``lincompress eval model.py --artifact DIR``: the compressed model's fidelity to the original."""
+"""``lincompress eval model.py --artifact DIR``: the compressed model's fidelity to the original.
+
+MODEL_PY is rebuilt as the artifact was made (its recorded prompts, guidance scale and
+resolution; the target flags ``--height --guidance-scale ...`` override them), and the
+compressed model samples the way it was trained (``--student-guidance`` overrides it).
+"""
 
 from __future__ import annotations
 
 import click
 from rich.console import Console
 from rich.table import Table
+
+from lincompress.commands._target import pop_target_options, target_options
+from lincompress.guidance import STUDENT_GUIDANCE
 
 
 @click.command("eval")
@@ -17,20 +25,29 @@ from rich.table import Table
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Where to write eval.json/eval.md/pictures (default: the artifact).")
 @click.option("--no-pictures", is_flag=True, help="Skip the comparison grid PNG and GIF.")
+@click.option("--student-guidance", type=click.Choice(STUDENT_GUIDANCE), default=None,
+              help="Sample the compressed model with CFG (cfg) or one forward per step (distilled) [default: the "
+                   "artifact's].")
+@target_options()
 def command(model_py: str, artifact: str, samples: int, steps: int, seed: int, batch_size: int, device: str | None,
-            out_dir: str | None, no_pictures: bool) -> None:
+            out_dir: str | None, no_pictures: bool, student_guidance: str | None, **options) -> None:
     """Sample MODEL_PY's original and the ARTIFACT's compressed model from the same noise and compare them."""
     import torch
 
     from lincompress.evaluation import evaluate
+    from lincompress.evaluation.runner import guidance_line
+    from lincompress.guidance import guidance_of
     from lincompress.target import load_target
+    from lincompress.target_record import recorded_options
 
     console = Console()
-    target = load_target(model_py)
+    flags = pop_target_options(options)
+    target = load_target(model_py, recorded_options(artifact, **flags))
+    guidance = guidance_of(artifact).updated(scale=flags.get("guidance_scale"), student=student_guidance)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with console.status(f"sampling {samples} x {steps} steps with teacher and compressed model on {device}"):
         results = evaluate(target, artifact, samples=samples, steps=steps, seed=seed, batch_size=batch_size,
-                           device=device, out_dir=out_dir, pictures=not no_pictures)
+                           device=device, out_dir=out_dir, pictures=not no_pictures, guidance=guidance)
     fid = results["fidelity"]
     table = Table(title=f"{results['model']}: {results['num_linear']}/{results['num_candidates']} sites linear")
     table.add_column("fidelity to the teacher")
@@ -40,6 +57,7 @@ def command(model_py: str, artifact: str, samples: int, steps: int, seed: int, b
     table.add_row("velocity rel. MSE (mean over t)", f"{fid['velocity_rel_mse']:.4g}")
     table.add_row("velocity cosine (mean over t)", f"{fid['velocity_cosine']:.4f}")
     console.print(table)
+    console.print(guidance_line(results["settings"]["guidance"]))
     if "world" in results:
         w = results["world"]
         wt = Table(title=f"world metrics ({w['name']})")

@@ -14,9 +14,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from lincompress.commands._target import pop_target_options, target_lines, target_options, warn_resolution
 from lincompress.discovery import SiteInfo, find_attention_sites, token_summary
 from lincompress.graph import TracedGraph, trace_model
-from lincompress.target import Target, load_target
+from lincompress.target import Target, TargetOptions, load_target, target_summary
 
 _METHOD_TEXT = {"fx": "torch.fx", "export": "torch.export", "eager": "one eager forward (no graph could be built)"}
 
@@ -49,6 +50,7 @@ def report(target: Target, traced: TracedGraph, sites: list[SiteInfo]) -> dict[s
                    "query_tokens": token_summary(sites)},
         "candidate_flops_share": sum(s.flops_share for s in candidates),
         "sites": [s.to_dict() | {"candidate": s.candidate, "why_not": why_not_candidate(s)} for s in sites],
+        "target": target_summary(target, flags=True),
     }
 
 
@@ -88,12 +90,17 @@ def render(data: dict[str, Any], console: Console) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 @click.option("--include", "include", multiple=True, metavar="SITE",
               help="Make SITE a candidate whatever discovery decided (e.g. an unsure site); repeatable.")
-def command(model_py: str, as_json: bool, include: tuple[str, ...]) -> None:
+@target_options()
+def command(model_py: str, as_json: bool, include: tuple[str, ...], **options) -> None:
     """Trace MODEL_PY and list its attention sites (self/cross/joint, shapes, tokens, FLOPs share)."""
-    target = load_target(model_py)
+    target = load_target(model_py, TargetOptions(**pop_target_options(options)))
+    warn_resolution(Console(stderr=True), target)  # before tracing, which takes a while at a pipeline's default size
     traced = trace_model(target.model, target.inputs(1))
     data = report(target, traced, find_attention_sites(target, traced, include=include))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    render(data, Console())
+    console = Console()
+    render(data, console)
+    for line in target_lines(target):
+        console.print(line, markup=False)

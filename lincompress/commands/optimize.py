@@ -7,7 +7,8 @@ selection (``--select``, default uniform) is used. Training state lives in
 continues an interrupted run with the same command line.
 
 Every field of the passes' configs is a flag here (``commands/_options.py``), and every
-objective field is ``--<objective>-<field>`` (e.g. ``--adm-grad-steps``).
+objective field is ``--<objective>-<field>`` (e.g. ``--adm-grad-steps``); so is every
+``TargetOptions`` field (``--prompts FILE --guidance-scale --height --width --frames``...).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from rich.console import Console
 
 from lincompress.api import SELECTIONS, compress
 from lincompress.commands._options import config_options, given, objective_options, pop_objective_options
+from lincompress.commands._target import resolution_warnings
 from lincompress.config import Arg, ArgumentError
+from lincompress.guidance import GuidanceConfig, student_guidance_of
 from lincompress.passes.find_attention import FindAttentionConfig
 from lincompress.passes.hybridize import HybridizeConfig
 from lincompress.passes.select import SelectConfig
 from lincompress.passes.selective_transfer import GreedySelectConfig
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
+from lincompress.target import TargetOptions
 
 
 def _objective_options(options: dict, objective_flags: dict) -> None:
@@ -47,8 +51,8 @@ def _objective_options(options: dict, objective_flags: dict) -> None:
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@config_options(FindAttentionConfig, HybridizeConfig, SelectConfig, SelectiveConfig, GreedySelectConfig, RecoveryConfig,
-                exclude=("strategy", "sites"))
+@config_options(TargetOptions, FindAttentionConfig, HybridizeConfig, SelectConfig, SelectiveConfig, GreedySelectConfig,
+                RecoveryConfig, exclude=("strategy", "sites"))
 @objective_options()
 def command(model_py: str, out_dir: str, select: str | None, resume: bool, overwrite: bool, quiet: bool,
             **options) -> None:
@@ -57,8 +61,9 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, overw
     chosen = given(options)
     _objective_options(chosen, objective_flags)
     console = Console(stderr=True)
-    state = compress(model_py, out_dir=out_dir, select=select, resume=resume, overwrite=overwrite,
-                     progress=not quiet, **chosen)
+    with resolution_warnings(console):
+        state = compress(model_py, out_dir=out_dir, select=select, resume=resume, overwrite=overwrite,
+                         progress=not quiet, **chosen)
     console.print(f"[bold]{len(state.selection)}[/] of {len(state.candidates)} candidate sites are linear "
                   f"({state.selection_method}): " + ", ".join(state.selection))
     rec = state.metrics.get("recovery")
@@ -67,5 +72,11 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, overw
         if before is not None and after is not None:
             console.print(f"velocity error to the original: {before:.4g} without recovery -> {after:.4g} after "
                           f"{rec['steps']} {rec['objective']} steps ({rec['seconds']} s)")
+    guidance = GuidanceConfig.from_target(state.target, student_guidance_of(state.recipe))
+    if guidance.guided:
+        how = "one forward per step: sample at guidance scale 1" if guidance.student == "distilled" else \
+            f"two forwards per step: sample at guidance scale {guidance.scale:g}"
+        console.print(f"teacher guidance scale {guidance.scale:g}; student {guidance.student} ({how}, "
+                      "as lincompress.run_pipeline does)")
     console.print(f"artifact written to {state.outputs['artifact']}"
                   + (f"; report: {state.outputs['report']}" if "report" in state.outputs else ""))

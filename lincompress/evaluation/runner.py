@@ -219,6 +219,8 @@ def evaluate(
         "settings": {"samples": samples, "steps": steps, "seed": seed, "batch_size": batch_size, "device": str(device),
                      "sampler": "euler flow matching over the target scheduler's sigmas",
                      "scheduler": type(target.scheduler).__name__,
+                     "resolution": target.resolution.to_dict() if target.resolution is not None else None,
+                     "latent_shape": list(shape),
                      "guidance": {"scale": sampler_guidance.scale if sampler_guidance.active else 1.0,
                                   "student": sampler_guidance.student,
                                   "teacher_forwards_per_step": 2 if sampler_guidance.active else 1,
@@ -269,7 +271,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _guidance_line(g: dict[str, Any] | None) -> str:
+def guidance_line(g: dict[str, Any] | None) -> str:
+    """One sentence on how teacher and compressed model were guided (``results["settings"]["guidance"]``)."""
     if not g or g.get("scale", 1.0) == 1.0:
         return "No classifier-free guidance (scale 1)."
     how = ("keeps CFG (2 denoiser forwards per step)" if g["student"] == "cfg"
@@ -287,7 +290,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"sites linear ({', '.join(results['selection'] or []) or 'none'}).",
         f"{s['samples']} samples, {s['steps']} Euler flow-matching steps, seed {s['seed']}, device {s['device']}; "
         "teacher and compressed model start from the same noise and conditions.",
-        _guidance_line(s.get("guidance")),
+        guidance_line(s.get("guidance")),
         "",
         "## Fidelity to the teacher",
         "",

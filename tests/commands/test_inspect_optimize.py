@@ -62,6 +62,8 @@ def test_optimize_passes_adm_grad_steps_to_the_objective(repo, tmp_path, monkeyp
     [
         (["inspect", "missing/model.py"], "does not exist"),
         (["optimize", "examples/tiny_wan/model.py", "--target-linear", "1.7", "--out", "x"], "out of range"),
+        (["optimize", "examples/tiny_wan/model.py", "--height", "32", "--steps", "0", "--out", "x"],
+         "--height 32 applies to diffusers pipelines; tiny-wan is a Target"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(repo, args, message):

@@ -17,6 +17,7 @@ from lincompress.passes.hybridize import HybridizeConfig
 from lincompress.passes.select import SelectConfig
 from lincompress.passes.selective_transfer import GreedySelectConfig
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
+from lincompress.target import TargetOptions
 
 
 @dataclass
@@ -92,6 +93,14 @@ def test_commands_offer_every_config_field_and_every_objective_field():
     assert "adm_grad_steps" in optimize
     bench = flag_names(main.commands["bench"])
     assert {f.name for f in config_fields(BenchConfig)} <= set(bench)
+    target_flags = {f.name for f in config_fields(TargetOptions) if f.meta.get("cli", True) is not False}
+    assert target_flags == {"prompts_file", "negative_prompt", "guidance_scale", "height", "width", "frames",
+                            "max_sequence_length"}
+    for command in ("optimize", "inspect", "eval", "bench"):
+        flags = flag_names(main.commands[command])
+        assert target_flags <= set(flags), f"{command} lacks target flags {target_flags - set(flags)}"
+        assert flags["prompts_file"] == "--prompts"
+    assert flag_names(main.commands["eval"])["student_guidance"] == "--student-guidance"
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -106,6 +115,13 @@ def test_commands_offer_every_config_field_and_every_objective_field():
     (["optimize", "M", "--out", "o", "--feature-map", "cosine"], "Invalid value for '--feature-map'"),
     (["bench", "M", "--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["bench", "M", "--steps", "x"], "Invalid value for '--steps'"),
+    (["optimize", "M", "--out", "o", "--height", "0"], "--height 0 must be >= 1"),
+    (["optimize", "M", "--out", "o", "--guidance-scale", "inf"], "--guidance-scale inf must be a finite number > 0"),
+    (["optimize", "M", "--out", "o", "--prompts", "no-such-prompts.txt"],
+     "--prompts no-such-prompts.txt does not exist; give a text file with one prompt per line"),
+    (["optimize", "M", "--out", "o", "--steps", "0", "--student-guidance", "distilled"],
+     "--student-guidance distilled configures recovery, which this run does not do"),
+    (["inspect", "M", "--frames", "-1"], "--frames -1 must be >= 1"),
 ])
 def test_errors_name_flags_in_one_line(args, message):
     result = CliRunner().invoke(main, args)
