@@ -3,6 +3,7 @@
     import lincompress
     state = lincompress.compress("model.py", target_linear=0.7, steps=2000, out_dir="out/lin70")
     pipe.transformer = lincompress.apply(pipe.transformer, "out/lin70")
+    video = lincompress.run_sampler(pipe, prompt, lincompress.read_sampler("out/lin70"))  # its few-step sampler, if any
 
 ``import lincompress`` loads only the core (the target contract, the pipeline, the op and
 its kernels); everything else -- passes, exporters, artifacts, the training stack -- is
@@ -34,6 +35,8 @@ _LAZY = {
     "compress": ("lincompress.api", "compress"),
     "recover": ("lincompress.api", "recover"),
     "bench": ("lincompress.benchmarking", "bench"),
+    "read_sampler": ("lincompress.sampler", "read_sampler"),
+    "run_sampler": ("lincompress.sampler", "run_sampler"),
     "passes": ("lincompress.passes", None),
     "exporters": ("lincompress.exporters", None),
     "registry": ("lincompress.registry", None),

@@ -449,8 +449,12 @@ class BenchConfig(PassConfig):
 
 
 def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target, device: torch.device,
-             config: BenchConfig) -> None:
-    """Fill ``row`` with forward/sampling timings and peak memory of ``model`` (compiled if asked)."""
+             config: BenchConfig, sampler: Any = None) -> None:
+    """Fill ``row`` with forward/sampling timings and peak memory of ``model`` (compiled if asked).
+
+    ``sampler``: a distilled artifact's ``SamplerConfig``; its loop runs the recorded steps on
+    the recorded grid instead of ``config.steps`` on the target's scheduler.
+    """
     runner = model
     if config.compile:
         torch._dynamo.reset()
@@ -463,9 +467,12 @@ def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target,
         row.peak_memory_bytes = forward.peak_memory_bytes
         row.extra["output_finite"] = bool(torch.isfinite(model_output(runner(**kwargs))).all())
         if config.steps > 0:
-            sample, _ = make_sampler(runner, kwargs, target.latent_key, target.timestep_key, target.scheduler,
-                                     config.steps)
+            scheduler, steps = (sampler.scheduler(), sampler.steps) if sampler is not None else (target.scheduler, config.steps)
+            sample, how = make_sampler(runner, kwargs, target.latent_key, target.timestep_key, scheduler, steps)
             row.sampling = time_call(sample, device, warmup=1, reps=config.sampling_reps)
+            row.extra["sampling_steps"] = steps
+            if sampler is not None:
+                row.extra["sampler"] = f"recorded few-step sampler: {how}"
 
 
 def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
@@ -503,8 +510,9 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         fixed = apply(copy.deepcopy(original), art).eval()  # validates base identity before any timing
         fm, candidates, selection = art.feature_map, art.candidates, art.selection
         frac = len(selection) / len(candidates) if candidates else 0.0
-        variants.append((Row(f"artifact ({len(selection)}/{len(candidates)} linear)", frac, len(selection),
-                             len(candidates), selection), ("artifact", fixed)))
+        sampler = art.sampler  # a distilled artifact samples in its own steps
+        label = f"artifact ({len(selection)}/{len(candidates)} linear" + (f", {sampler.steps}-step sampler)" if sampler else ")")
+        variants.append((Row(label, frac, len(selection), len(candidates), selection), ("artifact", (fixed, sampler))))
         selection_source = f"artifact {artifact}"
     else:
         say("finding attention sites")
@@ -539,8 +547,9 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         if kind == "artifact":
             original.to("cpu")
             release_memory(dev)
-            cast_model(payload, dev, dt)
-            _measure(row, payload, kwargs, target, dev, config)
+            fixed, sampler = payload
+            cast_model(fixed, dev, dt)
+            _measure(row, fixed, kwargs, target, dev, config, sampler)
         else:
             sites, chosen = payload
             with fixed_in_place(original, sites, chosen, fm):
