@@ -41,3 +41,13 @@ def test_distill_script_runs_its_rows_and_merges_separate_processes(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(bad))
     with pytest.raises(SystemExit, match="distill_steps"):
         distill.main(["--merge", str(out), str(tmp_path / "c.json"), "--out", str(tmp_path / "x.json")])
+
+
+def test_distillation_cost_script_times_a_dmd2_step_with_its_fake_score(tmp_path):
+    import distill_cost
+
+    results = distill_cost.main(["--tiny", "--rows", "dmd2", "--json", str(tmp_path / "cost.json")])
+    (row,) = results["rows"]
+    assert "error" not in row, row.get("error")
+    assert row["objective"] == "dmd2" and row["fake_score_trained_parameters"] == row["parameters"]  # fake_train all
+    assert row["s_per_step"] > row["fake_updates_s_per_step"] > 0 and len(row["steps_s"]) == 1
