@@ -36,6 +36,7 @@ exactly as the student was trained.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -224,7 +225,11 @@ def sampler_pipeline(pipe: Any, sampler: SamplerConfig) -> Any:
     if not isinstance(components, dict) or "scheduler" not in components:
         raise SamplerError(f"{type(pipe).__name__} is not a diffusers pipeline with a scheduler component; "
                            "sample with SamplerConfig.scheduler() in your own loop")
-    return type(pipe)(**{**components, "scheduler": sampler.scheduler()})
+    # optional settings (Wan 2.2's boundary_ratio, expand_timesteps, ...) are config entries, not components
+    config = getattr(pipe, "config", {})
+    settings = {k: config[k] for k in inspect.signature(type(pipe).__init__).parameters
+                if k not in components and k != "self" and k in config}
+    return type(pipe)(**{**components, **settings, "scheduler": sampler.scheduler()})
 
 
 def sampler_call_kwargs(pipe: Any, sampler: SamplerConfig) -> dict[str, Any]:

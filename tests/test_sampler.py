@@ -120,6 +120,14 @@ def test_reading_the_sampler_from_an_artifact(tmp_path):
         read_sampler(tmp_path / "missing")
 
 
+def test_sampler_pipeline_keeps_the_pipelines_optional_settings():
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(**PIPELINES["wan"]().pipe.components, expand_timesteps=True)
+    student = sampler_pipeline(pipe, _sampler())
+    assert student.config.expand_timesteps is True and type(student.scheduler).__name__ == "RecordedGridScheduler"
+
+
 def test_sampler_pipeline_needs_a_diffusers_pipeline():
     with pytest.raises(SamplerError, match="not a diffusers pipeline"):
         sampler_pipeline(copy.copy(object()), _sampler())

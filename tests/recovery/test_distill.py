@@ -217,3 +217,37 @@ def test_few_step_adm_reuses_adm_with_only_its_distribution_matching_term():
         DMD2(sampler_steps=2, grad_steps=3)
     with pytest.raises(LinCompressError, match="needs 3 sigmas"):
         FewStepADM(sampler_steps=2, sampler_sigmas=[1.0, 0.0])
+
+
+@pytest.mark.parametrize("objective", ["dmd2", "adm"])
+@pytest.mark.parametrize("mode", ["cfg", "distilled"])
+def test_the_student_learns_the_guided_teacher(tmp_path, mode, objective):
+    from tiny_targets import guided_hybrid_state
+
+    from lincompress import Pipeline, passes
+
+    state = guided_hybrid_state(depth=2, scale=3.0)
+    calls: list[tuple[nn.Module, int]] = []
+
+    def hook(module, args, kwargs):
+        calls.append((module, kwargs["hidden_states"].shape[0]))
+
+    teacher, student = state.target.model, state.model
+    for module in (teacher, student):  # a fake score copied from the teacher carries the hook too: told apart below
+        module.register_forward_pre_hook(hook, with_kwargs=True)
+    state = Pipeline([passes.HeuristicSelect(0.5), passes.Distill(
+        student_steps=2, distill_objective=objective, distill_steps=2, samples=1, teacher_steps=2, batch_size=2,
+        fake_updates=1, student_guidance=mode, work_dir=tmp_path, progress=False, compare_without_recovery=False,
+    )]).run(state)
+    sampler = state.recipe[-1].metadata["sampler"]
+    assert sampler["guidance"]["scale"] == 3.0 and sampler["guidance"]["student"] == mode
+    teacher_batches = {b for m, b in calls if m is teacher}
+    student_batches = {b for m, b in calls if m is student}
+    assert teacher_batches <= {2, 4} and 4 in teacher_batches  # the guided teacher: both branches as one 2B forward
+    if mode == "cfg":
+        assert 4 in student_batches  # its sampler combines two branches
+    else:
+        assert student_batches <= {1, 2} and 4 not in student_batches  # one conditional forward per step
+    if objective == "dmd2":
+        fake = {b for m, b in calls if m is not teacher and m is not student}
+        assert fake and fake <= {2}  # the fake score models the student's conditional distribution
