@@ -156,8 +156,8 @@ def evaluate(
     artifact = Path(artifact)
     art = read_artifact(artifact)
     manifest, sampler = art.manifest, art.sampler
-    if guidance is None:
-        guidance = sampler.guidance if sampler is not None and "guidance" not in manifest else guidance_from_manifest(manifest)
+    if guidance is None:  # a distilled student's sampler records how it samples; else the artifact's guidance
+        guidance = sampler.guidance if sampler is not None else guidance_from_manifest(manifest)
     if guidance.scale is not None and guidance.scale != target.teacher_guidance_scale:
         target = dataclasses.replace(target, guidance_scale=guidance.scale, extras=dict(target.extras))
     sampler_guidance = Guidance(target, guidance.student)
