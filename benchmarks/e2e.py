@@ -40,6 +40,10 @@ Usage (GPU)::
 ``--deadline-s`` stops starting new measurements once that much wall time has gone, and
 the JSON is rewritten after every measurement, so a cut-off run keeps what it measured.
 ``--tiny`` swaps in toy sizes so the whole script can be checked on a CPU.
+
+``--generation`` measures whole text-to-video generations instead (text encoder + N denoiser
+forwards + VAE decode; the 50-step CFG teacher vs 4-step distilled linear students):
+``benchmarks/e2e_generation.py``, whose flags follow it.
 """
 
 from __future__ import annotations
@@ -432,6 +436,11 @@ def parse_configs(text: str, default_modes: list[str], tiny: bool) -> list[tuple
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     faulthandler.enable()  # a crash inside a compiler or kernel still prints where it happened
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--generation" in argv:  # full text-to-video generation latency: benchmarks/e2e_generation.py
+        import e2e_generation
+
+        return e2e_generation.main([x for x in argv if x != "--generation"])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="wan-1.3b:eager+compile,wan-14b-720p:compile,wan-1.3b-2x:compile,wan-1.3b-4x:compile",
                    help="comma-separated name[:mode+mode]; modes eager, compile")

@@ -32,20 +32,23 @@ class ExportSource:
     model: nn.Module
     target: Any  # lincompress.Target
     artifact_dir: Path | None = None
+    sampler: dict[str, Any] | None = None  # a distilled model's few-step sampler record (None: the teacher's)
 
     @classmethod
     def from_state(cls, state: Any) -> "ExportSource":
         if not state.fixed:
             raise LinCompressError("exporters need a fixed model; put passes.Fix() before the exporter in the pipeline")
-        return cls(state.model, state.target)
+        sampler = next((step.metadata["sampler"] for step in reversed(state.recipe) if "sampler" in step.metadata), None)
+        return cls(state.model, state.target, sampler=sampler)
 
     @classmethod
     def from_artifact(cls, artifact_dir: str | Path) -> "ExportSource":
         """The artifact's model, built from its recorded model.py: read, hashed and built once."""
         from lincompress.artifacts import open_artifact
 
-        _, target = open_artifact(artifact_dir)  # validates format, checksum and base-model identity
-        return cls(target.model.eval(), target, Path(artifact_dir))
+        artifact, target = open_artifact(artifact_dir)  # validates format, checksum and base-model identity
+        sampler = artifact.sampler
+        return cls(target.model.eval(), target, Path(artifact_dir), sampler.to_dict() if sampler is not None else None)
 
 
 def tensor_inputs(kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -159,8 +162,12 @@ def _finite_int(value: Any) -> int | None:
     return int(number) if number not in (float("inf"), float("-inf")) and number == number else None
 
 
-def write_sidecar(path: Path, info: dict[str, Any]) -> Path:
+def write_sidecar(path: Path, info: dict[str, Any], source: ExportSource | None = None) -> Path:
+    """The JSON next to an exported file; with ``source``, it also records the sampler the model must run with."""
     from lincompress import atomic
+
+    if source is not None:
+        info["sampler"] = source.sampler  # None: the teacher's own sampler (no distillation)
 
     return atomic.write_json(path, info)
 

@@ -63,7 +63,7 @@ def compile_aoti(source: ExportSource, path: str | Path, batch: int = 2, dynamic
         "inputs": dynamic_axes(program, kwargs),
         "torch": torch.__version__,
     }
-    write_sidecar(path.with_name(path.name + ".json"), info)
+    write_sidecar(path.with_name(path.name + ".json"), info, source)
     return info
 
 

@@ -412,7 +412,7 @@ def export_onnx(source: ExportSource, path: str | Path, decompose: bool = False,
         "attention_nodes": dict(counts),
         "files": [p.name for p in files],
     }
-    write_sidecar(path.with_name(path.name + ".json"), info)
+    write_sidecar(path.with_name(path.name + ".json"), info, source)
     return info
 
 

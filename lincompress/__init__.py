@@ -4,6 +4,7 @@
     state = lincompress.compress("model.py", target_linear=0.7, steps=2000, out_dir="out/lin70")
     pipe.transformer = lincompress.apply(pipe.transformer, "out/lin70")
     video = lincompress.run_pipeline(pipe, "a red fox in the snow", "out/lin70")  # sampled as it was trained
+    video = lincompress.run_sampler(pipe, prompt, lincompress.read_sampler("out/lin70"))  # a distilled artifact: its few-step sampler
 
 ``import lincompress`` loads only the core (the target contract, the pipeline, the op and
 its kernels); everything else -- passes, exporters, artifacts, the training stack -- is
@@ -39,6 +40,8 @@ _LAZY = {
     "GuidanceConfig": ("lincompress.guidance", "GuidanceConfig"),
     "guidance_of": ("lincompress.guidance", "guidance_of"),
     "run_pipeline": ("lincompress.guidance", "run_pipeline"),
+    "read_sampler": ("lincompress.sampler", "read_sampler"),
+    "run_sampler": ("lincompress.sampler", "run_sampler"),
     "passes": ("lincompress.passes", None),
     "exporters": ("lincompress.exporters", None),
     "registry": ("lincompress.registry", None),

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, field_default
+from lincompress.distill_config import DistillConfig, DistillFields
 from lincompress.errors import LinCompressError
 from lincompress.pipeline import Pipeline, State
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
@@ -42,7 +43,7 @@ def _homes() -> dict[str, type[PassConfig]]:
 
     return {"target": TargetOptions, "discovery": FindAttentionConfig, "hybridization": HybridizeConfig,
             "heuristic selection": SelectConfig, "learned selection (select='learned')": SelectiveConfig, "greedy selection": GreedySelectConfig,
-            "recovery": RecoveryConfig}
+            "recovery": RecoveryConfig, "distillation": DistillConfig}
 
 
 def option_names() -> list[str]:
@@ -113,20 +114,38 @@ def _steps(options: dict[str, Any]) -> int:
     return RecoveryConfig(steps=options.get("steps", field_default(RecoveryConfig, "steps"))).steps
 
 
+def _distillation(options: dict[str, Any], steps: int) -> bool:
+    """Is the few-step stage asked for (``student_steps``)? Its own options without it are refused."""
+    if "student_steps" in options:
+        if steps == 0 and "distill_steps" not in options:
+            raise ArgumentError("{} trains a distillation stage for {} steps; give {} > 0, or {} (0: record the "
+                                "few-step sampler without training)", Arg("student_steps", options["student_steps"]),
+                                Arg("steps"), Arg("steps"), Arg("distill_steps"))
+        return True
+    for f in config_fields(DistillFields):
+        if f.name in options:
+            raise ArgumentError("{} configures the few-step distillation stage; give {} to run it",
+                                Arg(f.name, options[f.name]), Arg("student_steps"))
+    return False
+
+
 def compress(
     target: Target | str | Path, *, out_dir: str | Path | None = None, select: str | list[str] | None = None,
     resume: bool = False, overwrite: bool = False, progress: bool = True, **options: Any,
 ) -> State:
-    """The standard recipe: find -> hybridize -> select (+ recover) -> fix (-> save + report).
+    """The standard recipe: find -> hybridize -> select (+ recover) (+ distill) -> fix (-> save + report).
 
     target: a ``Target`` or the path of a model.py.
     select: "learned" (selective transfer, trained by recovery; the default when steps > 0),
         "uniform" / "first" / "last" (the default with steps=0: uniform), "greedy", or a list
         of site names.
     out_dir: write the artifact (and the recovery report) there; training state lives in
-        ``out_dir/.lincompress-work``, so ``resume=True`` continues an interrupted run.
+        ``out_dir/.lincompress-work`` (the distillation stage's in its ``distill/``), so
+        ``resume=True`` continues an interrupted run in the stage it was in.
     options: fields of the pass configs (see the module docstring), e.g. ``target_linear=0.7,
-        objective="adm", steps=2000, feature_map="relu", lr=1e-5``.
+        objective="adm", steps=2000, feature_map="relu", lr=1e-5``; ``student_steps=4`` adds the
+        few-step distillation stage (``passes.Distill``, trained for ``distill_steps`` [default:
+        ``steps``] steps) after recovery.
     Returns the final ``State`` (``.model`` is the fixed model; the original is untouched).
     """
     from lincompress import passes
@@ -135,17 +154,22 @@ def compress(
         bad = next(name for name in (*_SET_BY_SELECT, "copy") if name in options)
         raise ArgumentError("{} is not an option of compress; choose the selection with {}", Arg(bad), Arg("select"))
     steps = _steps(options)
+    distill = _distillation(options, steps)
     if steps == 0:
         options.pop("steps", None)  # the switch that leaves recovery out, not a recovery option
     select = _check_select(select, steps)
     label = _selection_label(select)
-    used = ["target", "discovery", "hybridization", label] + (["recovery"] if steps > 0 else [])
+    used = ["target", "discovery", "hybridization", label] + (["recovery"] if steps > 0 else []) + (["distillation"] if distill else [])
     opts = _dispatch(options, used, (Arg("select", select), Arg("steps", steps)))
     recipe: list[Any] = [passes.FindAttention(**opts["discovery"]), passes.Hybridize(**opts["hybridization"]),
                          _selection_pass(select, opts, label)]
     if steps > 0:
         work_dir = Path(out_dir) / WORK_DIR if out_dir is not None else None
         recipe.append(passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"]))
+    if distill:
+        opts["distillation"].setdefault("distill_steps", steps)  # default: as many steps as recovery
+        work_dir = Path(out_dir) / WORK_DIR / "distill" if out_dir is not None else None
+        recipe.append(passes.Distill(work_dir=work_dir, resume=resume, progress=progress, **opts["distillation"]))
     recipe.append(passes.Fix())
     if out_dir is not None:
         recipe += [passes.Save(out_dir, overwrite=overwrite or resume), passes.Report(out_dir)]

@@ -45,6 +45,7 @@ from lincompress.pipeline import RecipeStep, State
 
 if TYPE_CHECKING:
     from lincompress.discovery import SiteInfo
+    from lincompress.sampler import SamplerConfig
     from lincompress.target import Target
 
 FORMAT_VERSION = 2
@@ -88,6 +89,16 @@ class Artifact:
     @property
     def feature_map(self) -> str | None:
         return self.manifest.get("feature_map")
+
+    @property
+    def sampler(self) -> SamplerConfig | None:
+        """The few-step sampler the model was distilled for; None: it keeps the teacher's sampler."""
+        from lincompress.sampler import SamplerError, sampler_from_manifest
+
+        try:
+            return sampler_from_manifest(self.manifest)
+        except SamplerError as exc:
+            raise ArtifactError(f"{self.path / MANIFEST}: {exc}; re-run `lincompress optimize`") from None
 
     @property
     def sites(self) -> list[SiteInfo]:
@@ -161,6 +172,14 @@ def _candidates(state: State) -> list[str]:
     return [s.name for s in state.candidates]
 
 
+def _sampler_record(state: State) -> dict[str, Any]:
+    """``{"sampler": ...}`` from the last recipe step that recorded one (Distill), else nothing: the teacher's sampler."""
+    for step in reversed(state.recipe):
+        if "sampler" in step.metadata:
+            return {"sampler": step.metadata["sampler"]}
+    return {}
+
+
 def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write manifest + weights atomically (weights first, so a manifest never points at missing weights)."""
     from lincompress.fingerprint import model_fingerprint
@@ -195,6 +214,7 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
         "weights": {"file": WEIGHTS, "sha256": _sha256(weights_path)},
         "versions": _versions(),
         **sampling,
+        **_sampler_record(state),
         **(extra or {}),
     }
     atomic.write_json(out_dir / MANIFEST, manifest)
@@ -233,6 +253,13 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     if not isinstance(recipe, list) or not all(isinstance(s, dict) and isinstance(s.get("pass"), str) for s in recipe):
         raise ArtifactError(f"{manifest_path} has a malformed recipe (a list of {{'pass', 'config', 'metadata'}} "
                             "steps is expected); re-run `lincompress optimize`")
+    if "sampler" in manifest:
+        from lincompress.sampler import SamplerConfig, SamplerError
+
+        try:
+            SamplerConfig.from_dict(manifest["sampler"])
+        except SamplerError as exc:
+            raise ArtifactError(f"{manifest_path} has a malformed sampler record ({exc}); re-run `lincompress optimize`") from None
     return manifest
 
 

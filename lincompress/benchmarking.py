@@ -471,10 +471,12 @@ class BenchConfig(PassConfig):
 
 
 def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target, device: torch.device,
-             config: BenchConfig, uncond: dict[str, Any] | None = None) -> None:
+             config: BenchConfig, uncond: dict[str, Any] | None = None, sampler: Any = None) -> None:
     """Fill ``row`` with forward/sampling timings and peak memory of ``model`` (compiled if asked).
 
     ``uncond``: CFG's unconditional kwargs, used by the sampling loop when the row runs 2 forwards per step.
+    ``sampler``: a distilled artifact's ``SamplerConfig``; its loop runs the recorded steps on
+    the recorded grid instead of ``config.steps`` on the target's scheduler.
     """
     runner = model
     if config.compile:
@@ -488,10 +490,13 @@ def _measure(row: Row, model: nn.Module, kwargs: dict[str, Any], target: Target,
         row.peak_memory_bytes = forward.peak_memory_bytes
         row.extra["output_finite"] = bool(torch.isfinite(model_output(runner(**kwargs))).all())
         if config.steps > 0:
-            sample, _ = make_sampler(runner, kwargs, target.latent_key, target.timestep_key, target.scheduler,
-                                     config.steps, uncond if row.forwards_per_step == 2 else None,
-                                     target.teacher_guidance_scale)
+            scheduler, steps = (sampler.scheduler(), sampler.steps) if sampler is not None else (target.scheduler, config.steps)
+            sample, how = make_sampler(runner, kwargs, target.latent_key, target.timestep_key, scheduler, steps,
+                                       uncond if row.forwards_per_step == 2 else None, target.teacher_guidance_scale)
             row.sampling = time_call(sample, device, warmup=1, reps=config.sampling_reps)
+            row.extra["sampling_steps"] = steps
+            if sampler is not None:
+                row.extra["sampler"] = f"recorded few-step sampler: {how}"
 
 
 def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
@@ -542,9 +547,11 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         fm, candidates, selection = art.feature_map, art.candidates, art.selection
         frac = len(selection) / len(candidates) if candidates else 0.0
         student = teacher_guidance.updated(student=guidance_from_manifest(art.manifest).student)
-        variants.append((Row(f"artifact ({len(selection)}/{len(candidates)} linear, {student.student})", frac,
-                             len(selection), len(candidates), selection, forwards_per_step=student.forwards_per_step),
-                         ("artifact", fixed)))
+        sampler = art.sampler  # a distilled artifact samples in its own steps
+        label = (f"artifact ({len(selection)}/{len(candidates)} linear, {student.student}"
+                 + (f", {sampler.steps}-step sampler)" if sampler else ")"))
+        variants.append((Row(label, frac, len(selection), len(candidates), selection,
+                             forwards_per_step=student.forwards_per_step), ("artifact", (fixed, sampler))))
         selection_source = f"artifact {artifact}"
     else:
         say("finding attention sites")
@@ -584,8 +591,9 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         if kind == "artifact":
             original.to("cpu")
             release_memory(dev)
-            cast_model(payload, dev, dt)
-            _measure(row, payload, kwargs, target, dev, config, uncond)
+            fixed, sampler = payload
+            cast_model(fixed, dev, dt)
+            _measure(row, fixed, kwargs, target, dev, config, uncond, sampler)
         else:
             sites, chosen = payload
             with fixed_in_place(original, sites, chosen, fm):

@@ -131,7 +131,8 @@ def pipeline_call_kwargs(pipe: Any, guidance: GuidanceConfig) -> dict[str, Any]:
 def run_pipeline(pipe: Any, prompt: str | list[str], guidance: GuidanceConfig | str | Path, **kwargs: Any) -> Any:
     """Run ``pipe(prompt, ...)`` the way the compressed model was trained to sample.
 
-    ``guidance``: an artifact directory (its recorded settings, read by ``guidance_of``) or a
+    ``guidance``: an artifact directory (its recorded settings, read by ``guidance_of``; an
+    artifact with a recorded few-step sampler runs through ``lincompress.run_sampler``) or a
     ``GuidanceConfig`` (guidance scale, negative prompt, student mode). For a ``distilled``
     student the pipeline runs at guidance scale 1 (one transformer forward per step); for
     ``cfg`` at the teacher's scale with its negative prompt. Other kwargs (``height``,
@@ -145,6 +146,11 @@ def run_pipeline(pipe: Any, prompt: str | list[str], guidance: GuidanceConfig | 
     from lincompress.pipeline_adapters import adapter_for
 
     if not isinstance(guidance, GuidanceConfig):
+        from lincompress.sampler import read_sampler, run_sampler
+
+        sampler = read_sampler(guidance)
+        if sampler is not None:  # a distilled few-step student: its recorded grid, steps and guidance
+            return run_sampler(pipe, prompt, sampler, **kwargs)
         guidance = guidance_of(guidance)
     guided = pipeline_call_kwargs(pipe, guidance)
     clash = sorted(set(kwargs) & ({adapter_for(pipe).cfg_param, "negative_prompt"} | set(guided)))
@@ -166,13 +172,18 @@ def guidance_of(artifact: Any) -> GuidanceConfig:
 
 
 def student_guidance_of(recipe: list[Any]) -> str:
-    """The student-guidance mode a recipe trained (its recover step's ``student_guidance``); ``cfg`` without one."""
+    """The student-guidance mode a recipe trained: its last training step's (recover or distill) ``student_guidance``.
+
+    ``cfg`` when nothing was trained. The last one counts: a distillation stage after
+    recovery decides how the deployed student samples.
+    """
+    mode = "cfg"
     for step in recipe:
         name = step.get("pass") if isinstance(step, dict) else getattr(step, "name", None)
         config = step.get("config") if isinstance(step, dict) else getattr(step, "config", None)
-        if name == "recover" and isinstance(config, dict) and config.get("student_guidance"):
-            return check_student_guidance(config["student_guidance"])
-    return "cfg"
+        if name in ("recover", "distill") and isinstance(config, dict) and config.get("student_guidance"):
+            mode = check_student_guidance(config["student_guidance"])
+    return mode
 
 
 def guidance_from_manifest(manifest: dict[str, Any]) -> GuidanceConfig:

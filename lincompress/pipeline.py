@@ -6,6 +6,8 @@ object with a ``name`` and ``run(state) -> state``; it may also declare
 * ``requires`` / ``produces``: *facts* (``"sites"``, ``"hybrid"``, ``"selection"``, ...)
   it needs before it and makes; ``"a|b"`` in ``requires`` means either. ``Pipeline``
   checks the whole order before running anything and names the pass that is missing;
+* ``before``: facts that must not exist yet when it runs (``passes.Distill`` declares
+  ``("fixed",)``: it trains the hybrid, so it comes before ``passes.Fix``);
 * ``check(state)``: a cheap preflight (an output directory, a scheduler) run for every
   pass before the first one starts, so a long run does not fail at its end.
 
@@ -153,6 +155,7 @@ class BasePass:
     config_class: ClassVar[type[PassConfig]]
     requires: tuple[str, ...] = ()
     produces: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, config: PassConfig | None = None, **kwargs: Any) -> None:
         if config is None and len(args) == 1 and isinstance(args[0], PassConfig):
@@ -220,6 +223,10 @@ def _produces(p: Any) -> tuple[str, ...]:
     return tuple(getattr(p, "produces", ()) or ())
 
 
+def _before(p: Any) -> tuple[str, ...]:
+    return tuple(getattr(p, "before", ()) or ())
+
+
 def _describe(options: list[str]) -> tuple[str, str]:
     what = [FACTS.get(o, (f"'{o}'", ""))[0] for o in options]
     made = [FACTS.get(o, ("", f"a pass that produces '{o}'"))[1] for o in options]
@@ -240,6 +247,11 @@ class Pipeline:
         """Every pass's ``requires`` is met by the state or an earlier pass; then each pass's preflight."""
         have = state.facts
         for i, p in enumerate(self.passes):
+            for fact in _before(p):
+                if fact in have:
+                    _, made_by = _describe([fact])
+                    raise PipelineError(f"{p.name} (pass {i + 1} of {len(self.passes)}) must run before {made_by} "
+                                        f"(it needs a model that is not '{fact}' yet); move it earlier")
             for need in _requires(p):
                 options = need.split("|")
                 if not have & set(options):

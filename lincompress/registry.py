@@ -30,6 +30,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "greedy-select": "lincompress.passes.selective_transfer:GreedySelect",
         "selective-transfer": "lincompress.passes.selective_transfer:SelectiveTransfer",
         "recover": "lincompress.passes.recover:Recover",
+        "distill": "lincompress.passes.distill:Distill",
         "fix": "lincompress.passes.fix:Fix",
         "save": "lincompress.passes.save:Save",
         "report": "lincompress.passes.recover:Report",

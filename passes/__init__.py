@@ -16,6 +16,7 @@ _WHERE = {
     "GreedySelect": "selective_transfer", "GreedySelectConfig": "selective_transfer",
     "SelectiveTransfer": "selective_transfer",
     "Recover": "recover", "Report": "recover",
+    "Distill": "distill", "DistillConfig": "distill",
     "Fix": "fix", "FixConfig": "fix",
     "Save": "save", "SaveConfig": "save",
 }

@@ -120,13 +120,20 @@ class Report(BasePass):
         out_dir = self.config.out_dir or state.outputs.get("artifact")
         if out_dir is None:
             raise LinCompressError("Report needs an output directory; pass Report(out_dir) or run passes.Save first")
-        if source is None:
-            return state  # nothing was trained: the artifact manifest says it all
-        from lincompress.recovery.report import LOSS_PNG, SCORES_PNG
+        if source is not None:
+            _copy_report(Path(source), Path(out_dir))
+            state.outputs["report"] = Path(out_dir) / "report.md"
+        distill = state.outputs.get("distill_dir")  # the few-step stage's report goes to <out_dir>/distill/
+        if distill is not None:
+            _copy_report(Path(distill), Path(out_dir) / "distill")
+            state.outputs["distill_report"] = Path(out_dir) / "distill" / "report.md"
+        return state  # nothing trained: the artifact manifest says it all
 
-        for name in ("report.md", LOSS_PNG, SCORES_PNG, "metrics.jsonl"):
-            path = Path(source) / name
-            if path.is_file():
-                atomic.atomic_write(Path(out_dir) / name, lambda tmp, p=path: shutil.copyfile(p, tmp))
-        state.outputs["report"] = Path(out_dir) / "report.md"
-        return state
+
+def _copy_report(source: Path, out_dir: Path) -> None:
+    from lincompress.recovery.report import LOSS_PNG, SCORES_PNG
+
+    for name in ("report.md", LOSS_PNG, SCORES_PNG, "metrics.jsonl"):
+        path = source / name
+        if path.is_file():
+            atomic.atomic_write(out_dir / name, lambda tmp, p=path: shutil.copyfile(p, tmp))

@@ -13,6 +13,7 @@ import pytest
 
 import lincompress
 from lincompress.artifacts import MANIFEST
+from lincompress.distill_config import DistillConfig
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
 
 TRAINING_STACK = ("lincompress.recovery", "rich", "matplotlib")
@@ -61,7 +62,9 @@ def artifact_with_training_steps(tmp_path_factory):
         hybridize, {"pass": "selective-transfer", "package": "lincompress", "config": SelectiveConfig().to_dict(),
                     "metadata": {}},
         {"pass": "recover", "package": "lincompress", "config": RecoveryConfig(steps=10).to_dict(),
-         "metadata": {"selection": state.selection}}, fix,
+         "metadata": {"selection": state.selection}},
+        {"pass": "distill", "package": "lincompress", "config": DistillConfig(distill_steps=10).to_dict(),
+         "metadata": {"selection": state.selection, "sampler": {"steps": 2, "sigmas": [1.0, 0.5, 0.0]}}}, fix,
     ]
     (out / MANIFEST).write_text(json.dumps(manifest))
     return out
@@ -83,8 +86,9 @@ def test_exporters_never_import_the_training_stack(repo, artifact_with_training_
         from lincompress.errors import LinCompressError
 
         source = ExportSource.from_artifact({str(artifact_with_training_steps)!r})  # replays recover's restore too
-        assert [s.name for s in lincompress.artifacts.read_artifact(source.artifact_dir).recipe][2] == "recover"
+        assert [s.name for s in lincompress.artifacts.read_artifact(source.artifact_dir).recipe][2:4] == ["recover", "distill"]
         info = export_onnx(source, {str(tmp_path / "model.onnx")!r}, dynamic=False)
+        assert info["sampler"]["steps"] == 2, info
         assert info["attention_nodes"]["linear_attention"] == 2, info
         q = k = v = torch.rand(1, 2, 5, 4)
         out = torch.empty(1, 2, 5, 4)
@@ -97,4 +101,5 @@ def test_exporters_never_import_the_training_stack(repo, artifact_with_training_
         print(json.dumps(sorted(sys.modules)))
     """, repo)
     assert "lincompress.exporters.onnx" in modules and "lincompress.passes.recover" in modules
+    assert "lincompress.passes.distill" in modules
     assert _loaded(modules, TRAINING_STACK) == []

@@ -54,7 +54,8 @@ def export_tensorrt(source: ExportSource, out_dir: str | Path, precision: str = 
     onnx_info = export_onnx(source, out_dir / ONNX_NAME, decompose=False, prepared=prepared)
     shutil.copyfile(Path(__file__).with_name("plugin.py"), out_dir / PLUGIN_SOURCE_NAME)
     info: dict[str, Any] = {"format": "tensorrt", "onnx": ONNX_NAME, "plugin_source": PLUGIN_SOURCE_NAME,
-                            "plugin_id": PLUGIN_ID, "precision": precision, "attention_nodes": onnx_info["attention_nodes"]}
+                            "plugin_id": PLUGIN_ID, "precision": precision, "attention_nodes": onnx_info["attention_nodes"],
+                            "sampler": source.sampler}
     if not ok:
         info.update(engine=None, skipped=reason)
         return info
@@ -62,7 +63,7 @@ def export_tensorrt(source: ExportSource, out_dir: str | Path, precision: str = 
                                overrides=overrides, timing_cache=out_dir / TIMING_CACHE_NAME,
                                strongly_typed=strongly_typed, verbose=verbose,
                                latent_key=getattr(source.target, "latent_key", "hidden_states"))
-    write_sidecar(out_dir / (ENGINE_NAME + ".json"), engine_info)
+    write_sidecar(out_dir / (ENGINE_NAME + ".json"), engine_info, source)
     info.update(engine=ENGINE_NAME, **{k: v for k, v in engine_info.items() if k != "engine"})
     return info
 

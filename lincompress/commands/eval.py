@@ -19,7 +19,8 @@ from lincompress.guidance import STUDENT_GUIDANCE
 @click.argument("model_py", type=click.Path(dir_okay=False))
 @click.option("--artifact", "artifact", type=click.Path(file_okay=False), required=True, help="Artifact directory from `optimize`.")
 @click.option("--samples", type=int, default=4, show_default=True, help="Number of samples (same noise and conditions for both models).")
-@click.option("--steps", type=int, default=10, show_default=True, help="Euler flow-matching sampling steps.")
+@click.option("--steps", type=int, default=10, show_default=True,
+              help="The teacher's Euler flow-matching steps (a distilled artifact samples with its own few-step sampler).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
@@ -49,7 +50,10 @@ def command(model_py: str, artifact: str, samples: int, steps: int, seed: int, b
         results = evaluate(target, artifact, samples=samples, steps=steps, seed=seed, batch_size=batch_size,
                            device=device, out_dir=out_dir, pictures=not no_pictures, guidance=guidance)
     fid = results["fidelity"]
-    table = Table(title=f"{results['model']}: {results['num_linear']}/{results['num_candidates']} sites linear")
+    student = results["settings"]["student_sampler"]
+    sampler = f"{student['steps']}-step recorded sampler" if student["recorded"] else f"{steps} steps"
+    table = Table(title=f"{results['model']}: {results['num_linear']}/{results['num_candidates']} sites linear; "
+                        f"teacher {steps} steps, compressed {sampler}")
     table.add_column("fidelity to the teacher")
     table.add_column("value", justify="right")
     table.add_row("PSNR (dB)", f"{fid['psnr_db']:.2f}")

@@ -1,7 +1,8 @@
 """``lincompress optimize model.py --target-linear 0.7 --out DIR``: ``lincompress.compress`` as a command.
 
 find -> hybridize -> select (learned selective transfer, or a heuristic) + recover ->
-fix -> save, then the report. With ``--steps 0`` nothing is trained and a heuristic
+fix -> save, then the report; ``--student-steps N`` adds the few-step distillation stage
+(``passes.Distill``) between recover and fix. With ``--steps 0`` nothing is trained and a heuristic
 selection (``--select``, default uniform) is used. Training state lives in
 ``DIR/.lincompress-work`` (teacher cache, checkpoints, metrics), so ``--resume``
 continues an interrupted run with the same command line.
@@ -25,6 +26,7 @@ from lincompress.passes.find_attention import FindAttentionConfig
 from lincompress.passes.hybridize import HybridizeConfig
 from lincompress.passes.select import SelectConfig
 from lincompress.passes.selective_transfer import GreedySelectConfig
+from lincompress.distill_config import DistillConfig
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
 from lincompress.target import TargetOptions
 
@@ -52,7 +54,7 @@ def _objective_options(options: dict, objective_flags: dict) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options(TargetOptions, FindAttentionConfig, HybridizeConfig, SelectConfig, SelectiveConfig, GreedySelectConfig,
-                RecoveryConfig, exclude=("strategy", "sites"))
+                RecoveryConfig, DistillConfig, exclude=("strategy", "sites"))
 @objective_options()
 def command(model_py: str, out_dir: str, select: str | None, resume: bool, overwrite: bool, quiet: bool,
             **options) -> None:
@@ -72,6 +74,12 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, overw
         if before is not None and after is not None:
             console.print(f"velocity error to the original: {before:.4g} without recovery -> {after:.4g} after "
                           f"{rec['steps']} {rec['objective']} steps ({rec['seconds']} s)")
+    dist = state.metrics.get("distillation")
+    if dist:
+        trained = f"after {dist['steps']} {dist['objective']} steps" if dist["steps"] else "(not trained)"
+        sampler = dist["sampler"]
+        console.print(f"few-step student {trained}: samples in {sampler['steps']} steps, sigmas "
+                      + ", ".join(f"{s:.3g}" for s in sampler["sigmas"]))
     guidance = GuidanceConfig.from_target(state.target, student_guidance_of(state.recipe))
     if guidance.guided:
         how = "one forward per step: sample at guidance scale 1" if guidance.student == "distilled" else \

@@ -5,8 +5,10 @@
 2. The teacher samples with the shared Euler flow-matching sampler over the target's
    scheduler sigmas (``lincompress.recovery.sampling``); at every point of its trajectory
    the compressed model's velocity is compared with the teacher's (per-timestep error).
-3. The compressed model samples on its own from the same noise; final samples are
-   compared (PSNR / SSIM against the teacher) and, with a world, scored analytically.
+3. The compressed model samples on its own from the same noise -- with the few-step
+   sampler the artifact records (``"sampler"``: a distilled student's N steps on its own
+   sigma grid), else on the teacher's grid -- and final samples are compared (PSNR / SSIM
+   against the teacher at its full step count) and, with a world, scored analytically.
 
 With classifier-free guidance (the target's ``guidance_scale`` and negative conditions)
 the teacher samples with its guided velocity; the compressed model samples the way it
@@ -78,7 +80,7 @@ def latents_to_frames(latents: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 class _Evaluation:
     def __init__(self, target: Target, teacher: nn.Module, student: nn.Module, steps: int, device: torch.device,
-                 guidance: Guidance | None = None) -> None:
+                 guidance: Guidance | None = None, student_sigmas: Tensor | None = None) -> None:
         if target.scheduler is None:
             raise LinCompressError(
                 "eval samples with the model's scheduler: add `scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=...)` "
@@ -90,6 +92,7 @@ class _Evaluation:
         self.device = device
         scheduler = copy.deepcopy(target.scheduler)
         self.sigmas = sigma_grid(scheduler, steps)
+        self.student_sigmas = self.sigmas if student_sigmas is None else student_sigmas  # a distilled student's own grid
         self.caller = ModelCaller(target, scheduler)
         self.guidance = guidance if guidance is not None else Guidance(target)
 
@@ -130,7 +133,7 @@ class _Evaluation:
         teacher_final = euler_sample(self.velocity(self.teacher, cond), noise, self.sigmas, on_step=compare)
         teacher_seconds = self.clock() - start - compare_seconds
         start = self.clock()
-        student_final = euler_sample(student_v, noise, self.sigmas)
+        student_final = euler_sample(student_v, noise, self.student_sigmas)
         student_seconds = self.clock() - start
         return (Samples(teacher_final.cpu(), teacher_seconds), Samples(student_final.cpu(), student_seconds), per_step)
 
@@ -143,14 +146,18 @@ def evaluate(
     """Evaluate ``artifact`` (applied to a copy of ``target.model``) against ``target.model``.
 
     ``guidance``: the CFG settings (scale: overrides the target's; student mode); default:
-    what the artifact records. Writes ``eval.json``, ``eval.md``, ``eval_grid.png`` and
+    what the artifact records. ``steps`` is the teacher's step count; the compressed model
+    samples with the artifact's recorded few-step sampler when it has one (distillation),
+    else on the same ``steps``-step grid. Writes ``eval.json``, ``eval.md``, ``eval_grid.png`` and
     ``eval.gif`` into ``out_dir`` (default: the artifact directory) and returns the results dict.
     """
     if samples < 1 or steps < 1 or batch_size < 1:
         raise LinCompressError("--samples, --steps and --batch-size must be at least 1")
     artifact = Path(artifact)
-    manifest = read_artifact(artifact).manifest
-    guidance = guidance if guidance is not None else guidance_from_manifest(manifest)
+    art = read_artifact(artifact)
+    manifest, sampler = art.manifest, art.sampler
+    if guidance is None:  # a distilled student's sampler records how it samples; else the artifact's guidance
+        guidance = sampler.guidance if sampler is not None else guidance_from_manifest(manifest)
     if guidance.scale is not None and guidance.scale != target.teacher_guidance_scale:
         target = dataclasses.replace(target, guidance_scale=guidance.scale, extras=dict(target.extras))
     sampler_guidance = Guidance(target, guidance.student)
@@ -171,7 +178,8 @@ def evaluate(
         cond_all = ConditionSource(target)(samples, generator)
     noise_all = torch.randn(samples, *shape, generator=generator)
 
-    ev = _Evaluation(target, teacher, student, steps, device, sampler_guidance)
+    student_sigmas = torch.tensor(sampler.sigmas, dtype=torch.float32) if sampler is not None else None
+    ev = _Evaluation(target, teacher, student, steps, device, sampler_guidance, student_sigmas)
     teacher_out, student_out, steps_err = [], [], []
     t_seconds = s_seconds = 0.0
     for lo in range(0, samples, batch_size):
@@ -218,6 +226,9 @@ def evaluate(
         "num_candidates": manifest.get("num_candidates"),
         "settings": {"samples": samples, "steps": steps, "seed": seed, "batch_size": batch_size, "device": str(device),
                      "sampler": "euler flow matching over the target scheduler's sigmas",
+                     "student_sampler": {"steps": len(ev.student_sigmas) - 1,
+                                         "sigmas": [round(float(v), 6) for v in ev.student_sigmas],
+                                         "recorded": sampler is not None},
                      "scheduler": type(target.scheduler).__name__,
                      "resolution": target.resolution.to_dict() if target.resolution is not None else None,
                      "latent_shape": list(shape),
@@ -271,6 +282,13 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _sampler_line(sampler: dict[str, Any] | None) -> str:
+    if not sampler or not sampler.get("recorded"):
+        return "The compressed model samples on the teacher's grid (no distillation)."
+    return (f"The compressed model samples with its recorded {sampler['steps']}-step sampler (sigmas "
+            + ", ".join(f"{v:.3g}" for v in sampler["sigmas"]) + "); the teacher at its full step count.")
+
+
 def guidance_line(g: dict[str, Any] | None) -> str:
     """One sentence on how teacher and compressed model were guided (``results["settings"]["guidance"]``)."""
     if not g or g.get("scale", 1.0) == 1.0:
@@ -290,6 +308,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"sites linear ({', '.join(results['selection'] or []) or 'none'}).",
         f"{s['samples']} samples, {s['steps']} Euler flow-matching steps, seed {s['seed']}, device {s['device']}; "
         "teacher and compressed model start from the same noise and conditions.",
+        _sampler_line(s.get("student_sampler")),
         guidance_line(s.get("guidance")),
         "",
         "## Fidelity to the teacher",

@@ -22,6 +22,7 @@ registered in ``OBJECTIVES``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -100,12 +101,50 @@ class Context:
         return {k: v.to(self.device) for k, v in self.conditions(batch, self.generator).items()}
 
 
+Check = Callable[[str, float], None]  # check(what, value): the trainer's NaN guard (raises on a non-finite value)
+
+
 class Objective:
+    """The loss the student is trained with; optionally auxiliary state trained alongside it.
+
+    The trainer calls ``setup(ctx)`` once (after the teacher data and the context exist, before a
+    resume loads state), then per training step ``before_step(ctx, batch, check)`` (auxiliary
+    updates, e.g. DMD2's fake-score network, inside the step's RNG capture and NaN guard) and
+    ``loss(ctx, batch)`` (whose gradient trains the student). Auxiliary networks are listed by
+    ``modules()``; ``state_dict()`` / ``load_state_dict()`` carry everything the objective trains
+    (parameters, its optimizer) through the trainer's checkpoints, torch-style nested dicts of
+    tensors and plain values, so a resumed run continues bit-exactly.
+    """
+
     name: ClassVar[str] = ""
     needs_teacher_data: ClassVar[bool] = False
 
+    def setup(self, ctx: Context) -> None:
+        """Build auxiliary state once the context exists (default: none)."""
+
+    def before_step(self, ctx: Context, batch: int, check: Check) -> dict[str, float]:
+        """Auxiliary updates before each student step; returns logs (default: nothing)."""
+        return {}
+
     def loss(self, ctx: Context, batch: int) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Auxiliary networks the objective trains (default: none)."""
+        return {}
+
+    @property
+    def stateful(self) -> bool:
+        """Does the objective carry trained state of its own (saved with every checkpoint)?"""
+        return bool(self.modules())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise LinCompressError(f"objective {self.name!r} keeps no state, but the checkpoint holds some; "
+                                   "resume with the objective it was trained with")
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -176,6 +215,15 @@ class FlowMatching(Objective):
         return loss, {"fm": loss.item()}
 
 
+def rollout(velocity: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sigmas: Tensor, stop: int,
+            grad_steps: int) -> Tensor:
+    """``stop`` Euler steps of ``velocity`` from ``noise`` over ``sigmas``; only the last ``grad_steps`` carry gradient."""
+    free = max(0, stop - grad_steps)
+    with torch.no_grad():
+        x = euler_sample(velocity, noise, sigmas, stop=free)
+    return euler_sample(velocity, x, sigmas[free:], stop=stop - free)
+
+
 def score_difference(v_student: Tensor, v_teacher: Tensor, sigma: Tensor) -> Tensor:
     """s_S - s_T = -((1 - t) / t) (v_S - v_T), from s(x_t, t) = -(x_t + (1 - t) v) / t."""
     t = expand_sigma(sigma, v_student)
@@ -240,14 +288,11 @@ class ADM(Objective):
         if last < 1:
             raise LinCompressError("ADM with renoise=False needs sampler_steps >= 2 (the last point is a clean sample)")
         stop = int(torch.randint(1, last + 1, (1,), generator=ctx.generator))
-        free = max(0, stop - self.grad_steps)
 
         def velocity(x: Tensor, sigma: Tensor) -> Tensor:
             return ctx.student_velocity(x, sigma, cond)  # guided for a CFG student, one forward when distilled
 
-        with torch.no_grad():
-            x = euler_sample(velocity, noise, sigmas, stop=free)
-        x = euler_sample(velocity, x, sigmas[free:], stop=stop - free)
+        x = rollout(velocity, noise, sigmas, stop, self.grad_steps)
         t = sigmas[stop].expand(batch)
         if float(sigmas[stop]) <= 0.0:  # a clean sample has no score: re-noise it to a random t
             t = sample_sigmas(batch, ctx.shift, ctx.generator).to(ctx.device)

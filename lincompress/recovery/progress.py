@@ -51,11 +51,12 @@ class MetricsLog:
 class TrainingProgress:
     """A rich bar: step, loss, linear sites so far, elapsed and ETA. ``enabled=False`` prints nothing."""
 
-    def __init__(self, total: int, num_sites: int, target_k: int | None, enabled: bool = True, start: int = 0) -> None:
+    def __init__(self, total: int, num_sites: int, target_k: int | None, enabled: bool = True, start: int = 0,
+                 label: str = "recover") -> None:
         self.num_sites = num_sites
         self.target_k = target_k
         self.progress = Progress(
-            TextColumn("[bold]recover"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("objective {task.fields[loss]}"), TextColumn("linear {task.fields[linear]}"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled,
         )

@@ -29,6 +29,7 @@ from lincompress.attention import SITES_ATTR, HybridAttention, iter_sites
 from lincompress.devices import resolve_device
 from lincompress.errors import LinCompressError
 from lincompress.recovery.checkpoint import capture_rng, latest_step, load_checkpoint, restore_rng, save_checkpoint
+from lincompress.recovery.objective_state import flatten_state, unflatten_state
 from lincompress.recovery.objectives import Context, Objective, make_objective
 from lincompress.recovery.progress import MetricsLog, TrainingProgress
 from lincompress.recovery.report import write_report
@@ -42,6 +43,9 @@ from lincompress.target import Target, prepare_conditions
 
 __all__ = ["TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryResult", "Trainer", "TrainingInterrupted",
            "resolve_device"]
+
+
+OBJECTIVE_PREFIX = "@objective."  # checkpoint tensors of the objective's own state (no module path starts with "@")
 
 
 class NonFiniteError(LinCompressError):
@@ -67,13 +71,16 @@ class Trainer:
     def __init__(
         self, target: Target, student: nn.Module, config: RecoveryConfig, work_dir: str | Path,
         selective: SelectiveConfig | None = None, selection: list[str] | None = None,
-        objective: Objective | None = None, progress: bool = True,
+        objective: Objective | None = None, progress: bool = True, cache_dir: str | Path | None = None,
+        stage: str = "recover",
     ) -> None:
         check_flow_scheduler(target.scheduler)
         if student is target.model:
             raise LinCompressError("recovery needs the original model as teacher; run passes.Hybridize(copy=True)")
         self.target, self.student, self.config = target, student, config
         self.work_dir = Path(work_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.work_dir  # teacher + prompt caches
+        self.stage = stage  # "recover" | "distill": the progress bar's label
         self.device = resolve_device(config.device)
         self.autocast = self.device.type == "cuda" if config.autocast is None else bool(config.autocast)
         self.objective = objective or make_objective(config.objective, **config.objective_options)
@@ -158,7 +165,7 @@ class Trainer:
             if needs:
                 raise LinCompressError(f"objective {self.objective.name!r} trains on teacher trajectories; give --samples >= 1")
             return None
-        cache = self.work_dir / "teacher"
+        cache = self.cache_dir / "teacher"
         console = None
         if self.show_progress:
             from rich.console import Console
@@ -187,16 +194,18 @@ class Trainer:
                 if console is not None and total > 1:
                     console.print(f"encoding prompts: chunk {done}/{total}")
 
-            prepare_conditions(self.target, self.work_dir / "prompts", progress=report)
+            prepare_conditions(self.target, self.cache_dir / "prompts", progress=report)
             self._guidance = Guidance(self.target, self.config.student_guidance, self.config.cfg_batched)
         return self._guidance
 
     def _context(self, data: TeacherData | None) -> Context:
         steps = getattr(self.objective, "sampler_steps", 4)
+        grid = getattr(self.objective, "sampler_sigmas", None)  # a few-step student's own (recorded) grid
+        sigmas = torch.tensor(grid, dtype=torch.float32) if grid is not None else sigma_grid(self.target.scheduler, steps)
         return Context(
             student=self.student, teacher=self.teacher, caller=ModelCaller(self.target, self.target.scheduler),
             conditions=ConditionSource(self.target), latent_shape=latent_shape(self.target),
-            shift=timestep_shift(self.target.scheduler), student_sigmas=sigma_grid(self.target.scheduler, steps),
+            shift=timestep_shift(self.target.scheduler), student_sigmas=sigmas,
             generator=self.generator, device=self.device, autocast=self.autocast, data=data, guidance=self.guidance,
         )
 
@@ -210,6 +219,8 @@ class Trainer:
                  "config": asdict(self.config), "objective": self.objective.name,
                  "velocity_error_before": self._error_before}
         params = {n: self._params[n].detach() for n in self.param_names}
+        objective_tensors, extra["objective_state"] = flatten_state(self.objective.state_dict())
+        params.update({OBJECTIVE_PREFIX + k: v for k, v in objective_tensors.items()})
         save_checkpoint(self.checkpoint_dir, step, params, self.optimizer.state_dict(), rng, extra)
 
     def resume(self) -> int:
@@ -228,6 +239,13 @@ class Trainer:
                 f"the checkpoint in {self.checkpoint_dir} trained a {trained_for!r} student; resume with the same "
                 f"student guidance or delete {self.checkpoint_dir}"
             )
+        objective_tensors = {k[len(OBJECTIVE_PREFIX):]: v for k, v in ckpt.params.items() if k.startswith(OBJECTIVE_PREFIX)}
+        ckpt.params = {k: v for k, v in ckpt.params.items() if not k.startswith(OBJECTIVE_PREFIX)}
+        if ckpt.extra.get("objective_state") is not None:
+            self.objective.load_state_dict(unflatten_state(objective_tensors, ckpt.extra["objective_state"], self.device))
+        elif self.objective.stateful:
+            raise LinCompressError(f"the checkpoint in {self.checkpoint_dir} holds no state of objective "
+                                   f"{self.objective.name!r}; delete {self.checkpoint_dir} to start over")
         missing = sorted(set(self.param_names) - set(ckpt.params))
         if missing:
             raise LinCompressError(f"checkpoint lacks trained parameter {missing[0]}; resume with the same --train setting")
@@ -273,7 +291,11 @@ class Trainer:
     def _train_step(self, ctx: Context, step: int) -> dict[str, float]:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
+        def check(what: str, value: float) -> None:
+            if not torch.isfinite(torch.tensor(value)):
+                raise self._nonfinite(step, what, value)
+
+        logs: dict[str, float] = dict(self.objective.before_step(ctx, cfg.batch_size, check))  # DMD2: fake-score updates
         total = 0.0
         for _ in range(cfg.grad_accum):
             loss, obj_logs = self.objective.loss(ctx, cfg.batch_size)
@@ -328,6 +350,7 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         data = self._teacher_data()
         ctx = self._context(data)
+        self.objective.setup(ctx)  # auxiliary networks (DMD2's fake score), before a resume loads their state
         start = self.resume() if resume else 0
         if start:
             self.log.resume_at(start)
@@ -340,7 +363,8 @@ class Trainer:
         k = self.regularizer.k if self.regularizer else len(self.selection or [])
         started = time.perf_counter()
         try:
-            with TrainingProgress(cfg.steps, len(self.sites), k, enabled=self.show_progress, start=start) as bar:
+            with TrainingProgress(cfg.steps, len(self.sites), k, enabled=self.show_progress, start=start,
+                                  label=self.stage) as bar:
                 step = start
                 while step < cfg.steps:
                     rng = capture_rng(self.generator)  # the state this step starts from
@@ -352,6 +376,8 @@ class Trainer:
                         logs = self._train_step(ctx, step)
                     except KeyboardInterrupt:
                         self.optimizer.zero_grad(set_to_none=True)
+                        if self.objective.stateful:  # its state moved inside this step: the step's start is gone
+                            raise self._interrupted_unsaved(step) from None
                         self.save(step, rng)
                         raise self._interrupted(step) from None
                     step += 1
@@ -392,6 +418,12 @@ class Trainer:
     def _load(self, values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
             self._params[name].copy_(value)
+
+    def _interrupted_unsaved(self, step: int) -> TrainingInterrupted:
+        good = latest_step(self.checkpoint_dir)
+        kept = f"the last checkpoint (step {good}) is kept" if good is not None else "no checkpoint was written yet"
+        return TrainingInterrupted(f"interrupted inside step {step + 1}; {kept} in {self.checkpoint_dir}; "
+                                   "run again with --resume to continue")
 
     def _interrupted(self, step: int) -> TrainingInterrupted:
         return TrainingInterrupted(

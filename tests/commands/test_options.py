@@ -12,6 +12,7 @@ from lincompress.benchmarking import BenchConfig
 from lincompress.cli import main
 from lincompress.commands._options import config_options, flag_names, given, objective_fields
 from lincompress.config import MISSING, PassConfig, config_fields, option
+from lincompress.distill_config import DistillConfig
 from lincompress.passes.find_attention import FindAttentionConfig
 from lincompress.passes.hybridize import HybridizeConfig
 from lincompress.passes.select import SelectConfig
@@ -82,7 +83,8 @@ def test_fields_shared_by_configs_are_one_flag_and_must_agree():
 
 def test_commands_offer_every_config_field_and_every_objective_field():
     optimize = flag_names(main.commands["optimize"])
-    for cls in (FindAttentionConfig, HybridizeConfig, SelectConfig, SelectiveConfig, GreedySelectConfig, RecoveryConfig):
+    for cls in (FindAttentionConfig, HybridizeConfig, SelectConfig, SelectiveConfig, GreedySelectConfig, RecoveryConfig,
+                DistillConfig):
         for f in config_fields(cls):
             if f.meta.get("cli", True) is not False and f.name not in ("strategy", "sites"):
                 assert f.name in optimize, f"optimize lacks a flag for {cls.__name__}.{f.name}"

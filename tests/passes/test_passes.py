@@ -26,6 +26,9 @@ RECIPES = {
     "selective-transfer": lambda tmp: [passes.Hybridize(), passes.HeuristicSelect(0.25), passes.SelectiveTransfer(0.5)],
     "recover": lambda tmp: [passes.Hybridize(), passes.SelectiveTransfer(0.5),
                             passes.Recover("mse", 2, samples=1, teacher_steps=2, work_dir=tmp, progress=False)],
+    "distill": lambda tmp: [passes.Hybridize(), passes.HeuristicSelect(0.5),
+                            passes.Distill(student_steps=2, distill_steps=2, samples=1, teacher_steps=2, fake_updates=1,
+                                           work_dir=tmp, progress=False)],
     "fix": lambda tmp: [passes.Hybridize(feature_map="relu"), passes.HeuristicSelect(0.75, "first"), passes.Fix()],
 }
 
