@@ -293,9 +293,12 @@ def run_shape(run: Run, shape: Shape, text_encoder, tokenizer, device: torch.dev
     latent_kwargs = e2e.wan_inputs(config, config.latent, TEXT_TOKENS, device, dtype)  # as the pipeline feeds it
     sdpa = nullcontext()
     if backend is not None:
-        from torch.nn.attention import sdpa_kernel
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        sdpa = sdpa_kernel([backend])
+        # the transformer's softmax layers on the fastest backend; the text encoder's biased attention
+        # (UMT5's relative position bias) has no cuDNN kernel and falls through to the next one
+        fallbacks = [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != backend]
+        sdpa = sdpa_kernel([backend, *fallbacks], set_priority=True)
     decode_latent = torch.randn(1, *config.latent, device=device, dtype=dtype)
     with sdpa, torch.no_grad():
         # text encoder: one call of the pipeline's own prompt encoding (512 tokens)
