@@ -62,9 +62,11 @@ ROWS: dict[str, str] = {  # {n}: the student's steps
     "joint": "one stage: selective transfer + dmd2",
 }
 WORLD_KEYS = ("colour_correct", "class_correct", "direction_correct", "world_score")
-COMPARABLE = ("student_steps", "stage1_steps", "distill_steps", "batch_size", "teacher_samples", "teacher_steps",
-              "feature_map", "seed", "lr", "distill_lr", "fake_lr", "fake_updates", "regression", "eval_samples",
-              "eval_steps", "eval_seed", "model")
+COMPARABLE = ("student_steps", "stage1_steps", "batch_size", "teacher_samples", "teacher_steps",
+              "feature_map", "seed", "lr", "eval_samples", "eval_steps", "eval_seed", "model")
+# settings only a distillation-training row reads: rows without one (teacher4, stage1, stage1-4) merge with any
+DISTILL_SETTINGS = ("distill_steps", "distill_lr", "fake_lr", "fake_updates", "regression")
+DISTILLING_ROWS = ("adm", "dmd2", "joint")
 
 
 # --------------------------------------------------------------------------- running a row
@@ -268,16 +270,30 @@ def markdown_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def _comparable(key: str, value: Any) -> Any:
+    """A setting as rows compare it: the model by its folder and file name, so checkouts at other paths merge."""
+    return Path(value).parts[-2:] if key == "model" and value is not None else value
+
+
 def merge(paths: list[Path], out: Path) -> dict:
     """Join the result files of separate processes (same settings); later files win per (row, target)."""
     from lincompress import atomic
 
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
+    distilling = [(path, part) for path, part in zip(paths, parts)
+                  if any(run["row"] in DISTILLING_ROWS for run in part["runs"])]
     for path, part in zip(paths, parts):
-        differ = [k for k in COMPARABLE if part["settings"].get(k) != first["settings"].get(k)]
+        differ = [k for k in COMPARABLE if _comparable(k, part["settings"].get(k)) != _comparable(k, first["settings"].get(k))]
         if differ:
             raise SystemExit(f"{path}: setting {differ[0]!r} differs from {paths[0]}; the rows are not comparable")
+    for path, part in distilling:
+        ref_path, ref = distilling[0]
+        differ = [k for k in DISTILL_SETTINGS if part["settings"].get(k) != ref["settings"].get(k)]
+        if differ:
+            raise SystemExit(f"{path}: setting {differ[0]!r} differs from {ref_path}; the distillation rows are not comparable")
+    if distilling:  # the merged file's settings are those the distillation rows ran with
+        first = {**first, "settings": {**first["settings"], **{k: distilling[0][1]["settings"].get(k) for k in DISTILL_SETTINGS}}}
     runs: dict[tuple, dict] = {}
     for part in parts:
         for run in part["runs"]:
@@ -297,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", type=Path, default=MODEL)
     p.add_argument("--student-steps", type=int, default=4)
     p.add_argument("--stage1-steps", type=int, default=200, help="stage-1 (selective transfer + ADM) steps")
-    p.add_argument("--distill-steps", type=int, default=400, help="distillation steps")
+    p.add_argument("--distill-steps", type=int, default=200, help="distillation steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-5, help="stage-1 learning rate (RecoveryConfig's default)")
     p.add_argument("--distill-lr", type=float, default=5e-5)

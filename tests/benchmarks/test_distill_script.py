@@ -41,6 +41,13 @@ def test_distill_script_runs_its_rows_and_merges_separate_processes(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(bad))
     with pytest.raises(SystemExit, match="distill_steps"):
         distill.main(["--merge", str(out), str(tmp_path / "c.json"), "--out", str(tmp_path / "x.json")])
+    # rows that train no distillation stage (teacher4, stage1-4) join distillation rows of any distillation settings
+    base = dict(json.loads(out.read_text()), settings=dict(other["settings"], distill_steps=7),
+                runs=[r for r in payload["runs"] if r["row"] != "dmd2"])
+    (tmp_path / "d.json").write_text(json.dumps(base))
+    joined = distill.main(["--merge", str(tmp_path / "d.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "y.json")])
+    assert {r["row"] for r in joined["runs"]} == {"teacher4", "stage1-4", "adm"}
+    assert joined["settings"]["distill_steps"] == other["settings"]["distill_steps"]
 
 
 def test_distillation_cost_script_times_a_dmd2_step_with_its_fake_score(tmp_path):
