@@ -24,7 +24,7 @@ stage() {  # stage <limit s> <command...>
 }
 if [ "${1:-}" = "fwd" ]; then
     T="$R/linear_attention_tuning_hedgehog_fwd.json"
-    stage 55 python benchmarks/tune_linear_attention.py --maps hedgehog --units state,output --budget-s 35 \
+    stage 55 python benchmarks/tune_linear_attention.py --maps hedgehog --units state,output --budget-s 40 \
         --json "$T" --table "$R/tuned_configs.py"
     if [ -f "$T" ]; then
         export LINCOMPRESS_LINEAR_ATTENTION_CONFIGS="$T"
