@@ -5,6 +5,11 @@
 # cp "$OUT/tuned_configs.py" lincompress/kernels/tuned_configs.py), linear_attention.json,
 # recovery_hedgehog/recovery.json, e2e_hedgehog.json. Every stage has a wall-clock limit, writes its
 # JSON as it goes, and a stage that fails does not stop the next one. Needs diffusers for the last two.
+#
+# `hedgehog_gpu_session.sh fwd` (at most 120 s): re-tune only Hedgehog's forward passes (state and
+# output kernels, D128 and D64) and re-measure the op: linear_attention_tuning_hedgehog_fwd.json,
+# tuned_configs.py (the committed table with those kernels replaced, every other entry kept) and
+# linear_attention.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=${OUT:-benchmarks/results}
@@ -17,6 +22,16 @@ stage() {  # stage <limit s> <command...>
     local rc=$?
     echo "== [$(date +%T)] exit $rc"
 }
+if [ "${1:-}" = "fwd" ]; then
+    T="$R/linear_attention_tuning_hedgehog_fwd.json"
+    stage 55 python benchmarks/tune_linear_attention.py --maps hedgehog --units state,output --budget-s 40 \
+        --json "$T" --table "$R/tuned_configs.py"
+    if [ -f "$T" ]; then
+        export LINCOMPRESS_LINEAR_ATTENTION_CONFIGS="$T"
+    fi
+    stage 60 python benchmarks/linear_attention.py --shapes wan-1.3b --rep-ms 40 --out "$R/linear_attention.json"
+    exit 0
+fi
 stage 160 python benchmarks/tune_linear_attention.py --budget-s 120 --json "$R/linear_attention_tuning.json" --table "$R/tuned_configs.py"
 if [ -f "$R/linear_attention_tuning.json" ]; then
     export LINCOMPRESS_LINEAR_ATTENTION_CONFIGS="$R/linear_attention_tuning.json"

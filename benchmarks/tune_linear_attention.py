@@ -10,14 +10,15 @@ layout, checks the winners against the fp32 reference, and writes
   the chosen configs (``{"configs": {key: {kernel: fields}}}``, which
   ``LINCOMPRESS_LINEAR_ATTENTION_CONFIGS=<this file>`` makes the kernels use at once) and
   per key the pass times with the defaults vs the tuned configs;
-* ``--table`` (default ``benchmarks/results/tuned_configs.py``): the same configs as the
-  module ``lincompress/kernels/tuned_configs.py`` (plus the committed entries this run did
-  not tune); copying it there commits the tuning.
+* ``--table`` (default ``benchmarks/results/tuned_configs.py``): the committed module
+  ``lincompress/kernels/tuned_configs.py`` with this run's kernels merged in, key by key and
+  kernel by kernel (``--units state,output`` re-tunes the forward and keeps every backward
+  entry); copying it there commits the tuning.
 
 The query side of the backward is tuned as one unit over both variants (``split`` 0:
 one pass accumulates dS and dz; 1: a scalar pass and a state-kernel dS pass).
 
-    python benchmarks/tune_linear_attention.py [--maps relu,hedgehog] [--dims 128,64] [--budget-s 240]
+    python benchmarks/tune_linear_attention.py [--maps relu,hedgehog] [--dims 128,64] [--units state,output] [--budget-s 240]
     TRITON_INTERPRET=1 python benchmarks/tune_linear_attention.py --smoke   # CPU check of the machinery
 
 Shapes: the Wan-1.3B attention (B1 H12 N32760 D128; D64 keys use H24, the same bytes),
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import json
 import math
@@ -83,14 +85,26 @@ def candidates(unit: str, key: Key, smoke: bool) -> list[dict[str, Config]]:
         small = [Config(block_n=16, num_warps=1, num_stages=1), Config(block_n=32, num_warps=1, num_stages=1)]
         if unit == "query":
             return [{"bwd_query": c} for c in small] + [{"bwd_query": Config(block_n=16, split=1), "bwd_state": small[0]}]
-        return [{unit: c} for c in small]  # state, output, bwd_key: the unit is the kernel
+        if unit == "output" and two_part:  # both normalisations of the output pass
+            return [{"output": c} for c in small] + [{"output": Config(block_n=16, num_warps=1, num_stages=1, tc_norm=1)}]
+        return [{unit: c} for c in small]  # state, bwd_key: the unit is the kernel
     block_ns = (16, 32, 64) if two_part else (32, 64, 128)
     if unit == "state":
         grid = itertools.product(block_ns, (4, 8), (2, 3), dvs)
-        return [{"state": Config(block_n=n, num_warps=w, num_stages=s, block_dv=dv)} for n, w, s, dv in grid]
+        configs = [Config(block_n=n, num_warps=w, num_stages=s, block_dv=dv) for n, w, s, dv in grid]
+        if two_part:  # 16 warps: half the accumulator registers per thread, twice the warps per SM
+            configs += [Config(block_n=n, num_warps=16, num_stages=s, block_dv=dv)
+                        for n, s, dv in itertools.product((32, 64, 128), (2, 3), dvs)]  # fmt: skip
+        return [{"state": c} for c in configs]
     if unit == "output":
-        return [{"output": Config(block_n=n, num_warps=w, num_stages=s)}
-                for n, w, s in itertools.product(block_ns, (4, 8), (2, 3))]  # fmt: skip
+        configs = [Config(block_n=n, num_warps=w, num_stages=s) for n, w, s in itertools.product(block_ns, (4, 8), (2, 3))]
+        if two_part:  # normalised after the products (tensor-core row sums): wgmma tiles of 64+ tokens;
+            # maxnreg=128 lets two 8-warp programs share an SM (16 warps) for a few spilled registers
+            configs += [Config(block_n=n, num_warps=w, num_stages=s, tc_norm=1)
+                        for n, w, s in itertools.product((64, 128), (4, 8, 16), (1, 2, 3))]  # fmt: skip
+            if key.d >= 128:  # smaller heads stay under 128 registers anyway
+                configs += [Config(block_n=64, num_warps=8, num_stages=s, maxnreg=128, tc_norm=1) for s in (1, 2, 3)]
+        return [{"output": c} for c in configs]
     if unit == "bwd_key":
         return [{"bwd_key": Config(block_n=n, num_warps=w, num_stages=s)}
                 for n, w, s in itertools.product(block_ns[:2], (4, 8, 16), (2, 3))]  # fmt: skip
@@ -116,10 +130,12 @@ class Inputs:
         gen = torch.Generator(device=device).manual_seed(0)
         dims = (1, key.heads, key.tokens, key.d) if key.layout == "bhnd" else (1, key.tokens, key.heads, key.d)
         self.q, self.k, self.v, self.g = (torch.randn(dims, device=device, dtype=dtype, generator=gen) for _ in range(4))
-        plan = self.plan({})
-        self.state = lat.launch_state(self.k, self.v, plan)
+        self.state = lat.launch_state(self.k, self.v, self.plan({}))
         self.out = torch.empty_like(self.v)
-        self.d_state = lat.launch_bwd_query(self.g, self.q, self.state, 1e-6, plan)[1]
+
+    @functools.cached_property
+    def d_state(self):  # only the key-side unit needs it: forward-only runs compile no backward kernel
+        return lat.launch_bwd_query(self.g, self.q, self.state, 1e-6, self.plan({}))[1]
 
     def plan(self, configs: dict[str, Config]):
         return lat.make_plan(self.q, self.k, self.v, self.key.feature_map, self.key.layout, configs)
@@ -232,15 +248,17 @@ def with_pps(configs: dict[str, Config], pps: int) -> dict[str, Config]:
 # --------------------------------------------------------------------------- correctness of the winners
 
 
-def max_rel_errors(inputs: Inputs, configs: dict[str, Config]) -> dict[str, float]:
-    """max|ours - fp32 ref| / max|ref| of out, dq, dk, dv with ``configs`` (bf16 inputs, fp32 reference)."""
+def max_rel_errors(inputs: Inputs, configs: dict[str, Config], backward: bool = True) -> dict[str, float]:
+    """max|ours - fp32 ref| / max|ref| of out (and dq, dk, dv) with ``configs`` (bf16 inputs, fp32 reference)."""
     key = inputs.key
     args = (key.feature_map, 1e-6, key.layout)
-    out = lat.linear_attention_forward_triton(inputs.q, inputs.k, inputs.v, *args, configs=configs)
-    grads = lat.linear_attention_backward_triton(inputs.g, inputs.q, inputs.k, inputs.v, *args, configs=configs)
     wide = [t.float() for t in (inputs.g, inputs.q, inputs.k, inputs.v)]
-    want = [linear_attention_reference(*wide[1:], *args), *linear_attention_backward_reference(*wide, *args)]
-    return {n: ((a.float() - b).abs().max() / b.abs().max()).item() for n, a, b in zip(("out", "dq", "dk", "dv"), [out, *grads], want)}
+    got = [lat.linear_attention_forward_triton(inputs.q, inputs.k, inputs.v, *args, configs=configs)]
+    want = [linear_attention_reference(*wide[1:], *args)]
+    if backward:
+        got += lat.linear_attention_backward_triton(inputs.g, inputs.q, inputs.k, inputs.v, *args, configs=configs)
+        want += linear_attention_backward_reference(*wide, *args)
+    return {n: ((a.float() - b).abs().max() / b.abs().max()).item() for n, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
 
 
 # --------------------------------------------------------------------------- the table file
@@ -283,8 +301,33 @@ class _Sm90Driver:
         return torch.device("cpu")
 
 
-def static_usage(keys: list[Key], smoke: bool = False) -> list[dict[str, Any]]:
-    """Compile every candidate for sm_90 without a GPU and report registers, spill stack and shared memory.
+def token_loop_instructions(sass: str) -> int:
+    """SASS instructions of a kernel's token loop: the longest span closed by a backward branch.
+
+    Times the warps of a program over its token tile, it is the issue work per token, which
+    the fused feature maps add to the same HBM traffic (0: no loop found).
+    """
+    import re
+
+    addresses, loops = [], []
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if not m:
+            continue
+        addr = int(m.group(1), 16)
+        addresses.append(addr)
+        branch = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", m.group(2))
+        if branch and branch.group(1) and int(branch.group(1), 16) < addr:
+            loops.append((int(branch.group(1), 16), addr))
+    if not loops:
+        return 0
+    start, end = max(loops, key=lambda span: span[1] - span[0])
+    return sum(start <= a <= end for a in addresses)
+
+
+def static_usage(keys: list[Key], smoke: bool = False, units: tuple[str, ...] = UNITS) -> list[dict[str, Any]]:
+    """Compile every candidate for sm_90 without a GPU and report registers, spill stack, shared memory
+    and SASS instructions per token (``token_loop_instructions``).
 
     Catches what the interpreter cannot (frontend/compiler errors) and shows which configs
     spill; the numbers come from this machine's Triton, not necessarily the GPU's.
@@ -305,14 +348,17 @@ def static_usage(keys: list[Key], smoke: bool = False) -> list[dict[str, Any]]:
         compiled.append((self.fn.__name__, kwargs, kernel))
         return kernel
 
-    def usage(kernel) -> dict[str, int]:
+    def usage(kernel, num_warps: int, block_n: int) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()
             text = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+            sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True).stdout
         fields = dict(p.split(":", 1) for line in text.splitlines() if "REG:" in line for p in line.split() if ":" in p)
+        loop = token_loop_instructions(sass)
         return {"registers": int(fields["REG"]), "spill_stack_bytes": int(fields["STACK"]),
-                "shared_bytes": int(kernel.metadata.shared)}  # fmt: skip
+                "shared_bytes": int(kernel.metadata.shared), "loop_instructions": loop,
+                "warp_instructions_per_token": round(loop * num_warps / block_n, 1)}  # fmt: skip
 
     rows = []
     previous = getattr(driver, "_active", None)  # reset_active() would look for a real GPU driver
@@ -327,21 +373,23 @@ def static_usage(keys: list[Key], smoke: bool = False) -> list[dict[str, Any]]:
             plan = inputs.plan({})
             fd = plan.shapes.fd
             inputs.state = inputs.d_state = torch.empty((plan.shapes.bh, fd * key.d + fd))
-            for unit in UNITS:
+            for unit in units:
                 for configs in candidates(unit, key, smoke):
                     compiled.clear()
                     try:
                         inputs.unit(unit, configs)()
                         for name, kwargs, kernel in compiled:
                             rows.append({"key": key.name, "unit": unit, "kernel": name, "configs": _to_dicts(configs),
-                                         "block_dv": kwargs["BLOCK_DV"], **usage(kernel)})  # fmt: skip
+                                         "block_dv": kwargs["BLOCK_DV"],
+                                         **usage(kernel, kwargs["num_warps"], kwargs["BLOCK_N"])})  # fmt: skip
                     except Exception as exc:  # noqa: BLE001 - reported per config
                         rows.append({"key": key.name, "unit": unit, "configs": _to_dicts(configs),
                                      "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"})  # fmt: skip
                     last = rows[-1]
                     print(f"{key.name:22s} {unit:8s} {json.dumps(last['configs'])[:120]:120s} "
                           + (last.get("error") or f"{last['kernel']} REG {last['registers']} STACK "
-                                                  f"{last['spill_stack_bytes']} SMEM {last['shared_bytes']}"), flush=True)
+                                                  f"{last['spill_stack_bytes']} SMEM {last['shared_bytes']} "
+                                                  f"instr/token {last['warp_instructions_per_token']}"), flush=True)
     finally:
         jit.JITFunction.run = original
         driver._active = previous
@@ -363,10 +411,11 @@ def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> 
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (TRITON_INTERPRET smoke run)",
         "torch": torch.__version__, "triton": __import__("triton").__version__, "dtype": str(dtype),
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "keys": [k.name for k in keys],
+        "units": list(args.units),
         "candidates": [], "configs": {}, "summary": {},
     }  # fmt: skip
 
-    jobs = [(key, unit, _to_dicts(c)) for key in keys for unit in UNITS for c in candidates(unit, key, args.smoke)]
+    jobs = [(key, unit, _to_dicts(c)) for key in keys for unit in args.units for c in candidates(unit, key, args.smoke)]
     print(f"compiling {len(jobs)} candidate launches in {args.workers} worker processes", flush=True)
     errors = precompile(jobs, args.workers if device.type == "cuda" else 0, dtype)
     report["compile_s"] = round(time.perf_counter() - start, 1)
@@ -380,7 +429,7 @@ def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> 
         alt = Inputs(Key(key.feature_map, key.d, key.heads, key.tokens, other[key.layout]), device, dtype)
         chosen: dict[str, Config] = {}
         summary: dict[str, Any] = {}
-        for unit in UNITS:
+        for unit in args.units:
             rows = []
             for (jkey, junit, configs), err in zip(jobs, errors):
                 if jkey != key or junit != unit:
@@ -409,7 +458,7 @@ def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> 
                   f"{best['configs']}", flush=True)  # fmt: skip
         if not chosen.get("bwd_query", Config()).split:
             chosen.pop("bwd_state", None)
-        summary["errors_vs_fp32"] = max_rel_errors(inputs, chosen)
+        summary["errors_vs_fp32"] = max_rel_errors(inputs, chosen, backward=bool({"query", "bwd_key"} & set(args.units)))
         summary["max_rel_error"] = max(summary["errors_vs_fp32"].values())
         report["configs"][key.name] = _to_dicts(chosen)
         report["summary"][key.name] = summary
@@ -422,23 +471,37 @@ def tune(args, save: Callable[[dict[str, Any]], None] = lambda report: None) -> 
     return report
 
 
+def merged_table(tuned: dict[str, dict[str, dict[str, int]]], committed: dict[str, dict[str, dict[str, int]]]):
+    """The committed table with this run's kernels replaced, key by key and kernel by kernel (a run that
+    tuned only some units of a key keeps that key's other kernels); the count of kernel entries kept."""
+    table = {key: dict(entry) for key, entry in committed.items()}
+    for key, entry in tuned.items():
+        table.setdefault(key, {}).update(entry)
+    kept = sum(1 for key, entry in committed.items() for kernel in entry if kernel not in tuned.get(key, {}))
+    return table, kept
+
+
 def write_outputs(report: dict[str, Any], args) -> None:
-    """The JSON (configs of both memory orders) and the table module (plus committed entries not tuned here)."""
+    """The JSON (configs of both memory orders, this run's kernels only: it overlays the committed table)
+    and the table module (the committed table with this run's kernels merged in)."""
     from lincompress.kernels.tuned_configs import SOURCE, TUNED_CONFIGS
 
     configs = {**report.get("configs_other_layout", {}), **report["configs"]}
     atomic.write_json(args.json, {**{k: v for k, v in report.items() if k != "configs_other_layout"}, "configs": configs})
     source = f"{report['device']}, torch {report['torch']}, triton {report['triton']}, {report['date']}"
-    kept = {k: v for k, v in TUNED_CONFIGS.items() if k not in configs}  # keys not tuned in this run
+    table, kept = merged_table(configs, TUNED_CONFIGS)
     if kept:
-        source += f"; {len(kept)} entries kept from: {SOURCE}"
-    atomic.write_text(args.table, render_table({**kept, **configs}, source))
+        source += f" ({', '.join(report['units'])}); {kept} kernel entries kept from: {SOURCE}"
+    atomic.write_text(args.table, render_table(table, source))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--maps", default="relu,hedgehog", help="feature maps to tune (elu1 uses relu's table)")
     p.add_argument("--dims", default="128,64", help="head dims (q/k/v) to tune")
+    p.add_argument("--units", default=",".join(UNITS),
+                   help=f"passes to tune, of {','.join(UNITS)} (query = the query side of the backward); "
+                        "the others keep their committed configs")
     p.add_argument("--tokens", type=int, default=32760)
     p.add_argument("--top", type=int, default=3, help="configs per kernel kept for the programs-per-SM sweep")
     p.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
@@ -452,13 +515,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.json = args.json or RESULTS / ("linear_attention_static_sm90.json" if args.static else "linear_attention_tuning.json")
     args.maps = [m for m in args.maps.split(",") if m]
+    args.units = [u for u in args.units.split(",") if u]
+    if not args.units or set(args.units) - set(UNITS):
+        raise SystemExit(f"--units: choose from {','.join(UNITS)}, got {','.join(args.units) or 'nothing'}")
     args.dims = [16] if args.smoke else [int(d) for d in args.dims.split(",") if d]
     for m in args.maps:
         if spec.FEATURE_MAPS.get(m) is None or spec.FEATURE_MAPS[m].kernel_id is None:
             raise SystemExit(f"--maps: {m!r} has no fused kernels; choose from {tuple(lat.FEATURE_IDS)}")
     if args.static:
         keys = [Key(fm, d, 12 * 128 // d, args.tokens, "bnhd") for d in args.dims for fm in args.maps]
-        rows = static_usage(keys, args.smoke)
+        rows = static_usage(keys, args.smoke, tuple(args.units))
         atomic.write_json(args.json, {"static_sm90": rows, "triton": __import__("triton").__version__})
         print(f"wrote {args.json}")
         return {"static_sm90": rows}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -90,6 +90,7 @@ class AOTInductor:
     device: str | None = None
     dynamic: bool = True
     name: str = field(default="aoti")
+    requires: ClassVar[tuple[str, ...]] = ("fixed",)  # Pipeline checks the order before anything runs
 
     def run(self, state):
         compile_aoti(ExportSource.from_state(state), self.path, dynamic=self.dynamic, device=self.device)

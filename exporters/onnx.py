@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -428,6 +428,7 @@ class ONNX:
     opset: int | None = None
     dynamic: bool = True
     name: str = field(default="onnx")
+    requires: ClassVar[tuple[str, ...]] = ("fixed",)  # Pipeline checks the order before anything runs
 
     def run(self, state):
         info = export_onnx(ExportSource.from_state(state), self.path, self.decompose, self.opset, dynamic=self.dynamic)

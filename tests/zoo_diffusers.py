@@ -327,9 +327,7 @@ TINY: dict[str, Tiny | CannotBuild] = {
                    "indices_latents_clean": torch.arange(2), "latents_history_2x": r(b, 4, 2, 4, 4, seed=5),
                    "indices_latents_history_2x": torch.arange(2), "latents_history_4x": r(b, 4, 8, 4, 4, seed=6),
                    "indices_latents_history_4x": torch.arange(8), "return_dict": False},
-        {"joint": 2, "self": 1}, no_export=(
-            "its token counts are data-dependent (unbacked symbols), which the linear-attention op's shape checks "
-            "cannot be exported with")),
+        {"joint": 2, "self": 1}),
     "SanaVideoTransformer3DModel": Tiny(
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
              num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,

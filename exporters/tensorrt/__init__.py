@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -82,6 +82,7 @@ class TensorRT:
     strongly_typed: bool = False
     require_engine: bool = False
     name: str = field(default="tensorrt")
+    requires: ClassVar[tuple[str, ...]] = ("fixed",)  # Pipeline checks the order before anything runs
 
     def run(self, state):
         info = export_tensorrt(ExportSource.from_state(state), self.out_dir, self.precision, self.overrides,

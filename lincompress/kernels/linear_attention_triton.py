@@ -14,7 +14,9 @@ forward
      packed in one row so that a single ``torch.sum`` reduces both (deterministic,
      unlike atomics; a few MB at most).
   2. ``_output_kernel``  ``o = phi(Q) S / (phi(Q) z + eps)``; each program keeps S on
-     chip and streams its chunk of query tokens.
+     chip and streams its chunk of query tokens. For Hedgehog it can normalise after the
+     products (config ``tc_norm``): the exponentials go to the tensor cores unnormalised,
+     the row sums and ``phi(Q) z`` come out of one small extra product.
 backward (S and z come from the forward on the eager path, else pass 1 recomputes them)
   3. ``_bwd_query_kernel`` streams q and dO: writes dq and fp32 partials of
      ``dS = (phi(Q)/den)^T dO`` and ``dz = phi(Q)^T dDen``.
@@ -29,8 +31,10 @@ Hedgehog analytically through both softmaxes; see ``spec.FeatureMapSpec.vjp``).
 Both layouts are handled through strides (no copies). Matrix products take operands in
 the input dtype (bf16/fp16: tensor cores) or exact fp32 ("ieee"), always accumulating
 in fp32. z is summed from the same dot-dtype phi(K) as S, so numerator and denominator
-see the same rounded features. Launch parameters (token tile, warps, stages, programs
-per SM, value-dim tile) come from ``tuned_configs.py`` per (feature map, head dims,
+see the same rounded features. Hedgehog's exponentials run in base 2 with log2(e) folded
+into one FMA (no denormal fix-ups) and one division per token; a head dim that is a power
+of two (``EVEN_D``) compiles without column masks. Launch parameters (token tile, warps, stages, programs
+per SM, value-dim tile, register cap, normalisation) come from ``tuned_configs.py`` per (feature map, head dims,
 layout), written by ``benchmarks/tune_linear_attention.py`` on the GPU; untuned shapes
 use ``DEFAULT_CONFIGS`` and, for fp32 or head dims over 128, small safe tiles.
 """
@@ -65,32 +69,63 @@ _HEDGEHOG = tl.constexpr(spec.FEATURE_MAPS["hedgehog"].kernel_id)
 # --------------------------------------------------------------------------- feature maps
 
 
-@triton.jit
-def _softmax_rows(x, row_ok, col_ok):
-    """Row softmax of an fp32 [tokens, D] tile over its valid columns; invalid rows are zero."""
-    xm = tl.where(col_ok[None, :], x, float("-inf"))
-    e = tl.exp(xm - tl.max(xm, axis=1)[:, None])
-    inv = 1.0 / tl.sum(e, axis=1)
-    return tl.where(row_ok[:, None], e * inv[:, None], 0.0)
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e))
 
 
 @triton.jit
-def _features(x, row_ok, col_ok, FEATURE: tl.constexpr):
-    """phi of an fp32 [tokens, D] tile as (part a, part b), zero outside the valid rows and columns.
+def _hedgehog_exp(x, offs_d, D, EVEN_D: tl.constexpr):
+    """Unnormalised Hedgehog parts (exp(x - max x), exp(min x - x)) of an fp32 [tokens, BLOCK_D] tile.
 
-    Hedgehog: (softmax(x), softmax(-x)). One-part maps return their features twice
-    (part b is then unused and compiled away).
+    One row max and one row min (softmax(-x) = exp(min - x) / sum), the exponentials in
+    base 2 with log2(e) folded in: ``x*c - max*c`` is one FMA, and ``ex2`` needs none of
+    the denormal fix-ups that ``exp`` costs (five instructions per element instead of
+    two). Padded columns are zero; ``EVEN_D`` (D == BLOCK_D) drops their masks at compile time.
+    """
+    if EVEN_D:
+        hi = tl.max(x, axis=1) * LOG2E
+        lo = tl.min(x, axis=1) * LOG2E
+    else:
+        col_ok = (offs_d < D)[None, :]
+        hi = tl.max(tl.where(col_ok, x, float("-inf")), axis=1) * LOG2E
+        lo = tl.min(tl.where(col_ok, x, float("inf")), axis=1) * LOG2E
+    ea = tl.exp2(x * LOG2E - hi[:, None])
+    eb = tl.exp2(lo[:, None] - x * LOG2E)
+    if not EVEN_D:
+        ea = tl.where(col_ok, ea, 0.0)
+        eb = tl.where(col_ok, eb, 0.0)
+    return ea, eb
+
+
+@triton.jit
+def _hedgehog_features(x, row_ok, offs_d, D, EVEN_D: tl.constexpr):
+    """(softmax(x), softmax(-x)) of an fp32 [tokens, BLOCK_D] tile, zero outside ``row_ok``.
+
+    One division per row: 1/sa = sb/(sa sb), 1/sb = sa/(sa sb) (sa, sb in [1, D]); padded
+    rows are zeroed through that per-row scale, not per element.
+    """
+    ea, eb = _hedgehog_exp(x, offs_d, D, EVEN_D)
+    sa = tl.sum(ea, axis=1)
+    sb = tl.sum(eb, axis=1)
+    inv = tl.where(row_ok, 1.0 / (sa * sb), 0.0)
+    return ea * (sb * inv)[:, None], eb * (sa * inv)[:, None]
+
+
+@triton.jit
+def _features(x, row_ok, offs_d, D, EVEN_D: tl.constexpr, FEATURE: tl.constexpr):
+    """phi of an fp32 [tokens, BLOCK_D] tile as (part a, part b), zero outside the valid rows and columns.
+
+    Hedgehog: (softmax(x), softmax(-x)). One-part maps return their features twice (part b
+    is then unused and compiled away).
     """
     if FEATURE == _HEDGEHOG:
-        pa = _softmax_rows(x, row_ok, col_ok)
-        pb = _softmax_rows(-x, row_ok, col_ok)
+        pa, pb = _hedgehog_features(x, row_ok, offs_d, D, EVEN_D)
     else:
         y = x
         if FEATURE == _RELU:
             y = tl.maximum(x, 0.0)
         if FEATURE == _ELU1:
             y = tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
-        pa = tl.where(row_ok[:, None] & col_ok[None, :], y, 0.0)
+        pa = tl.where(row_ok[:, None] & (offs_d < D)[None, :], y, 0.0)
         pb = pa
     return pa, pb
 
@@ -183,7 +218,7 @@ def _state_kernel(
     k_ptr, v_ptr, part_ptr, scal_ptr,
     H, N, D, DV, tokens_per_split,
     sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
-    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, GRAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Partial S[:, v-block] and z over one token chunk -> part[bh, split] = (S, z).
@@ -196,7 +231,6 @@ def _state_kernel(
     k_base = _head_base(k_ptr, pid_bh, H, sk_b, sk_h)
     v_base = _head_base(v_ptr, pid_bh, H, sv_b, sv_h)
     offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_d < D
     offs_dv = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
     acc_a = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
     if PARTS == 2:
@@ -217,7 +251,7 @@ def _state_kernel(
         k_offs, k_mask = _tile_offsets(offs_n, offs_d, N, D, sk_n, sk_d)
         v_offs, v_mask = _tile_offsets(offs_n, offs_dv, N, DV, sv_n, sv_d)
         x = tl.load(k_base + k_offs, mask=k_mask, other=0.0).to(tl.float32)
-        pa, pb = _features(x, row_ok, col_ok, FEATURE)  # padding must not add phi(0) to z
+        pa, pb = _features(x, row_ok, offs_d, D, EVEN_D, FEATURE)  # padding must not add phi(0) to z
         if GRAD:
             inv_den = tl.load(scal_base + offs_n, mask=row_ok, other=0.0)
             d_den = tl.load(scal_base + bhn + offs_n, mask=row_ok, other=0.0)
@@ -249,27 +283,61 @@ def _state_kernel(
 
 
 @triton.jit
+def _sum_columns(t, cols, lo: tl.constexpr, hi: tl.constexpr):
+    """Row sums of columns [lo, hi) of a small [tokens, 16] product."""
+    return tl.sum(tl.where((cols[None, :] >= lo) & (cols[None, :] < hi), t, 0.0), axis=1)
+
+
+@triton.jit
+def _z_columns(z, z_scale, cols, DOT_DTYPE: tl.constexpr):
+    """[BLOCK_D, 16] dot operand: columns 0 and 1 hold z * z_scale in two halves (hi + lo: a
+    half-precision operand then carries z to about fp32 accuracy), column 2 ones, the rest zero.
+
+    ``e @ it`` gives, per token, e.z (columns 0-1) and sum e (column 2) on the tensor cores.
+    ``z_scale`` (a power of 2, <= 1/n_kv) keeps z <= 1, inside fp16's range.
+    """
+    zs = z * z_scale
+    z_hi = zs.to(DOT_DTYPE).to(tl.float32)
+    c = cols[None, :]
+    col = tl.where(c == 0, z_hi[:, None], tl.where(c == 1, (zs - z_hi)[:, None], tl.where(c == 2, 1.0, 0.0)))
+    return col.to(DOT_DTYPE)
+
+
+@triton.jit
 def _output_kernel(
     q_ptr, state_ptr, o_ptr,
-    H, N, D, DV, tokens_per_split, eps,
+    H, N, D, DV, tokens_per_split, eps, z_scale,
     sq_b, sq_h, sq_n, sq_d, so_b, so_h, so_n, so_d,
-    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr, NUM_DV_BLOCKS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, NUM_DV_BLOCKS: tl.constexpr, TC_NORM: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """o = phi(q) S / (phi(q) z + eps) for one chunk of query tokens; S stays on chip."""
+    """o = phi(q) S / (phi(q) z + eps) for one chunk of query tokens; S stays on chip.
+
+    ``TC_NORM`` (two-part maps): normalise after the products instead of before. With
+    e_a = exp(x - max), e_b = exp(min - x), so phi = [e_a / s_a, e_b / s_b], the tensor
+    cores give n_a = e_a S_a, n_b = e_b S_b and, through ``_z_columns``, t_a = e_a.z_a and
+    s_a (likewise b); then o = (n_a s_b + n_b s_a) / (t_a s_b + t_b s_a + eps s_a s_b).
+    No row sums on the CUDA cores and one division per token; the numerator and the
+    denominator see the same rounded features. It pays where the products run as wgmma
+    (64+ token tiles on sm_90); on small tiles each warp would hold all of e_a and e_b.
+    """
     pid_bh, pid_split = tl.program_id(0), tl.program_id(1)
     q_base = _head_base(q_ptr, pid_bh, H, sq_b, sq_h)
     o_base = _head_base(o_ptr, pid_bh, H, so_b, so_h)
     fd = PARTS * D
     s_base = state_ptr + pid_bh.to(tl.int64) * (fd * DV + fd)
     offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_d < D
     offs_dv = tl.arange(0, BLOCK_DV)
     z_a = _load_vector(s_base, fd, DV, 0, offs_d, D)
     if NUM_DV_BLOCKS == 1:
         s_a = _load_matrix(s_base, 0, offs_d, offs_dv, D, DV, DOT_DTYPE)
     if PARTS == 2:
         z_b = _load_vector(s_base, fd, DV, D, offs_d, D)
+        if TC_NORM:
+            cols = tl.arange(0, 16)
+            zc_a = _z_columns(z_a, z_scale, cols, DOT_DTYPE)
+            zc_b = _z_columns(z_b, z_scale, cols, DOT_DTYPE)
         if NUM_DV_BLOCKS == 1:
             s_b = _load_matrix(s_base, D, offs_d, offs_dv, D, DV, DOT_DTYPE)
     start, end = _split_range(pid_split, tokens_per_split, N)
@@ -277,27 +345,49 @@ def _output_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         q_offs, q_mask = _tile_offsets(offs_n, offs_d, N, D, sq_n, sq_d)
         x = tl.load(q_base + q_offs, mask=q_mask, other=0.0).to(tl.float32)
-        pa, pb = _features(x, offs_n < N, col_ok, FEATURE)
-        den = tl.sum(pa * z_a[None, :], axis=1)
-        if PARTS == 2:
-            den += tl.sum(pb * z_b[None, :], axis=1)
-        inv_den = 1.0 / (den + eps)
-        pa_dot = pa.to(DOT_DTYPE)
-        if PARTS == 2:
-            pb_dot = pb.to(DOT_DTYPE)
+        if TC_NORM:  # padded rows are never stored: no row mask
+            ea, eb = _hedgehog_exp(x, offs_d, D, EVEN_D)
+            pa_dot = ea.to(DOT_DTYPE)
+            pb_dot = eb.to(DOT_DTYPE)
+            t_a = tl.dot(pa_dot, zc_a, input_precision=PRECISION)
+            t_b = tl.dot(pb_dot, zc_b, input_precision=PRECISION)
+            sum_a = _sum_columns(t_a, cols, 2, 3)
+            sum_b = _sum_columns(t_b, cols, 2, 3)
+            w = z_scale / (_sum_columns(t_a, cols, 0, 2) * sum_b + _sum_columns(t_b, cols, 0, 2) * sum_a
+                           + (eps * z_scale) * sum_a * sum_b)  # fmt: skip
+            w_a = sum_b * w
+            w_b = sum_a * w
+        else:
+            pa, pb = _features(x, offs_n < N, offs_d, D, EVEN_D, FEATURE)
+            if PARTS == 2:  # one row reduction for both parts
+                den = tl.sum(pa * z_a[None, :] + pb * z_b[None, :], axis=1)
+                pb_dot = pb.to(DOT_DTYPE)
+            else:
+                den = tl.sum(pa * z_a[None, :], axis=1)
+            inv_den = 1.0 / (den + eps)
+            pa_dot = pa.to(DOT_DTYPE)
         for c in tl.static_range(NUM_DV_BLOCKS):
             offs_c = c * BLOCK_DV + offs_dv
             if NUM_DV_BLOCKS == 1:
-                o = tl.dot(pa_dot, s_a, input_precision=PRECISION)
-                if PARTS == 2:
-                    o = tl.dot(pb_dot, s_b, o, input_precision=PRECISION)
+                s_ac = s_a
             else:
-                o = tl.dot(pa_dot, _load_matrix(s_base, 0, offs_d, offs_c, D, DV, DOT_DTYPE), input_precision=PRECISION)
-                if PARTS == 2:
+                s_ac = _load_matrix(s_base, 0, offs_d, offs_c, D, DV, DOT_DTYPE)
+            if PARTS == 2:
+                if NUM_DV_BLOCKS == 1:
+                    s_bc = s_b
+                else:
                     s_bc = _load_matrix(s_base, D, offs_d, offs_c, D, DV, DOT_DTYPE)
+            if TC_NORM:
+                n_a = tl.dot(pa_dot, s_ac, input_precision=PRECISION)
+                n_b = tl.dot(pb_dot, s_bc, input_precision=PRECISION)
+                o = n_a * w_a[:, None] + n_b * w_b[:, None]
+            else:
+                o = tl.dot(pa_dot, s_ac, input_precision=PRECISION)
+                if PARTS == 2:
                     o = tl.dot(pb_dot, s_bc, o, input_precision=PRECISION)
+                o = o * inv_den[:, None]
             o_offs, o_mask = _tile_offsets(offs_n, offs_c, N, DV, so_n, so_d)
-            tl.store(o_base + o_offs, (o * inv_den[:, None]).to(o_ptr.dtype.element_ty), mask=o_mask)
+            tl.store(o_base + o_offs, o.to(o_ptr.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit
@@ -305,7 +395,7 @@ def _bwd_query_kernel(
     q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, scal_ptr,
     H, N, D, DV, tokens_per_split, eps,
     sq_b, sq_h, sq_n, sq_d, sg_b, sg_h, sg_n, sg_d, sdq_b, sdq_h, sdq_n, sdq_d,
-    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, NUM_DV_BLOCKS: tl.constexpr, ACCUMULATE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -324,7 +414,6 @@ def _bwd_query_kernel(
     fd = PARTS * D
     s_base = state_ptr + pid_bh.to(tl.int64) * (fd * DV + fd)
     offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_d < D
     offs_dv = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
     z_a = _load_vector(s_base, fd, DV, 0, offs_d, D)
     if NUM_DV_BLOCKS == 1:
@@ -348,7 +437,7 @@ def _bwd_query_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         q_offs, q_mask = _tile_offsets(offs_n, offs_d, N, D, sq_n, sq_d)
         x = tl.load(q_base + q_offs, mask=q_mask, other=0.0).to(tl.float32)
-        pa, pb = _features(x, offs_n < N, col_ok, FEATURE)
+        pa, pb = _features(x, offs_n < N, offs_d, D, EVEN_D, FEATURE)
         if NUM_DV_BLOCKS == 1:  # G = dO S^T, per part
             g_offs, g_mask = _tile_offsets(offs_n, offs_dv, N, DV, sg_n, sg_d)
             grad = tl.load(do_base + g_offs, mask=g_mask, other=0.0).to(DOT_DTYPE)
@@ -411,7 +500,7 @@ def _bwd_key_kernel(
     H, N, D, DV, tokens_per_split,
     sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
     sdk_b, sdk_h, sdk_n, sdk_d, sdv_b, sdv_h, sdv_n, sdv_d,
-    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FEATURE: tl.constexpr, PARTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, NUM_DV_BLOCKS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Key side of the backward: dk = vjp_phi(V dS^T + dz), dv = phi(K) dS for one token chunk."""
@@ -423,7 +512,6 @@ def _bwd_key_kernel(
     fd = PARTS * D
     ds_base = d_state_ptr + pid_bh.to(tl.int64) * (fd * DV + fd)
     offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_d < D
     offs_dv = tl.arange(0, BLOCK_DV)
     dz_a = _load_vector(ds_base, fd, DV, 0, offs_d, D)
     if NUM_DV_BLOCKS == 1:
@@ -437,7 +525,7 @@ def _bwd_key_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_offs, k_mask = _tile_offsets(offs_n, offs_d, N, D, sk_n, sk_d)
         x = tl.load(k_base + k_offs, mask=k_mask, other=0.0).to(tl.float32)
-        pa, pb = _features(x, offs_n < N, col_ok, FEATURE)
+        pa, pb = _features(x, offs_n < N, offs_d, D, EVEN_D, FEATURE)
         pa_dot = pa.to(DOT_DTYPE)
         ga = tl.zeros([BLOCK_N, BLOCK_D], tl.float32) + dz_a[None, :]
         if PARTS == 2:
@@ -490,7 +578,10 @@ class KernelConfig:
     elements, or 128 for kernels that only read the state). ``split`` (bwd_query only):
     1 = the query pass writes per-token scalars and a second state-kernel pass
     (config ``bwd_state``) accumulates dS, dz: two reads of q and dO instead of one,
-    but no accumulators next to G in the query pass.
+    but no accumulators next to G in the query pass. ``maxnreg``: register cap per thread
+    (0: the compiler's choice); 128 lets two 8-warp programs share an SM at the price of a
+    few spilled registers. ``tc_norm`` (output pass of two-part maps only): 1 = normalise
+    after the products, the row sums and phi(q).z on the tensor cores (``_output_kernel``).
     """
 
     block_n: int = 64
@@ -499,6 +590,8 @@ class KernelConfig:
     programs_per_sm: int = 2
     block_dv: int = 0
     split: int = 0
+    maxnreg: int = 0
+    tc_norm: int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, int]) -> "KernelConfig":
@@ -511,7 +604,8 @@ class KernelConfig:
 
 # Untuned shapes (until tuned_configs.py has an entry). Elementwise maps: CUDA-graph sweeps on an
 # H100 at the Wan-1.3B shape (bwd_state, new: no spills for sm_90); two-part maps (Hedgehog):
-# configs that compile for sm_90 without register spills (tune_linear_attention.py --static).
+# configs that compile for sm_90 without register spills (tune_linear_attention.py --static);
+# the output pass normalises on the tensor cores, which its 64-token wgmma tiles favour.
 DEFAULT_CONFIGS: dict[str, dict[str, KernelConfig]] = {
     "elementwise": {
         "state": KernelConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2),
@@ -522,7 +616,7 @@ DEFAULT_CONFIGS: dict[str, dict[str, KernelConfig]] = {
     },
     "two_part": {
         "state": KernelConfig(block_n=64, num_warps=8, num_stages=2, programs_per_sm=2, block_dv=64),
-        "output": KernelConfig(block_n=64, num_warps=8, num_stages=2, programs_per_sm=2),
+        "output": KernelConfig(block_n=64, num_warps=8, num_stages=2, programs_per_sm=2, tc_norm=1),
         "bwd_query": KernelConfig(block_n=32, num_warps=8, num_stages=2, programs_per_sm=2, split=1),
         "bwd_state": KernelConfig(block_n=64, num_warps=8, num_stages=2, programs_per_sm=2, block_dv=64),
         "bwd_key": KernelConfig(block_n=32, num_warps=8, num_stages=2, programs_per_sm=2),
@@ -719,12 +813,17 @@ def _build_plan(shapes: _Shapes, feature: int, layout: str, dot: tuple[tl.dtype,
         accumulates = _ACCUMULATES[kernel] if kernel != "bwd_query" else not split_query
         block_dv = shapes.block_dv(cfg, accumulates)
         constants = dict(FEATURE=feature, PARTS=shapes.parts, BLOCK_N=cfg.block_n, BLOCK_D=shapes.block_d,
+                         EVEN_D=shapes.d == shapes.block_d,
                          BLOCK_DV=block_dv, DOT_DTYPE=dot[0], PRECISION=dot[1],
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # fmt: skip
+        if cfg.maxnreg:
+            constants["maxnreg"] = cfg.maxnreg
         if kernel in ("state", "bwd_state"):
             constants["GRAD"] = kernel == "bwd_state"
         else:
             constants["NUM_DV_BLOCKS"] = _cdiv(shapes.dv, block_dv)
+        if kernel == "output":
+            constants["TC_NORM"] = bool(cfg.tc_norm) and shapes.parts == 2
         if kernel == "bwd_query":
             constants["ACCUMULATE"] = not split_query
         loops_over_dv = kernel in ("output", "bwd_key") or (kernel == "bwd_query" and split_query)
@@ -779,12 +878,18 @@ def launch_state(k: Tensor, v: Tensor, plan: _Plan) -> Tensor:
     return _launch_reduction(k, v, plan, "state", None)
 
 
+@functools.lru_cache(maxsize=64)
+def _z_scale(n_kv: int) -> float:
+    """2**-ceil(log2 n_kv): z * it <= 1 exactly (each key adds at most 1 to every entry of z)."""
+    return 2.0 ** -max(0, n_kv - 1).bit_length()
+
+
 def launch_output(q: Tensor, state: Tensor, out: Tensor, eps: float, plan: _Plan) -> Tensor:
     """Pass 2: o = phi(Q) S / (phi(Q) z + eps) into ``out``."""
     s, launch = plan.shapes, plan.launches["output"]
     tokens, splits = _split(s.n_q, launch.config.block_n, s.bh, launch.config, q.device)
     _output_kernel[(s.bh, splits)](
-        q, state, out, s.heads, s.n_q, s.d, s.dv, tokens, eps,
+        q, state, out, s.heads, s.n_q, s.d, s.dv, tokens, eps, _z_scale(s.n_kv),
         *_strides(q, plan.layout), *_strides(out, plan.layout), **launch.constants,
     )  # fmt: skip
     return out

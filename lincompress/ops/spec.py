@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 OP_NAMESPACE = "lincompress"
 OP_NAME = "linear_attention"
@@ -150,19 +151,30 @@ def axes(layout: str) -> tuple[int, int]:
     return (1, 2) if layout == "bhnd" else (2, 1)
 
 
-def check_shapes(q: Sequence[int], k: Sequence[int], v: Sequence[int], layout: str) -> None:
-    """Shape rules shared by the op, the plugin and the exporters (concrete ints)."""
+def _require(cond: Any, message: str) -> None:
+    """``cond`` (a bool, or a SymBool of symbolic sizes) must hold, else ``ValueError(message)``.
+
+    Under torch.export / dynamic shapes a condition the tracer can decide is checked now;
+    one it cannot (data-dependent token counts, e.g. a model that concatenates a variable
+    history) becomes a runtime assertion in the graph instead of a guard that fails the trace.
+    """
+    if not guard_or_true(cond):
+        raise ValueError(message)
+    if not isinstance(cond, bool):
+        torch._check(cond, lambda: f"linear_attention: {message}")
+
+
+def check_shapes(q: Sequence[Any], k: Sequence[Any], v: Sequence[Any], layout: str) -> None:
+    """Shape rules shared by the op, the plugin and the exporters (ints or symbolic sizes)."""
     if not (len(q) == len(k) == len(v) == 4):
         raise ValueError(f"q, k, v must be 4-D ({layout}), got {tuple(q)}, {tuple(k)}, {tuple(v)}")
     head, token = axes(layout)
-    if not (q[0] == k[0] == v[0]):
-        raise ValueError("q, k, v must share the batch size")
-    if not (q[head] == k[head] == v[head]):
-        raise ValueError("q, k, v must share the number of heads (repeat k/v heads for GQA)")
-    if k[token] != v[token]:
-        raise ValueError("k and v must have the same number of tokens")
-    if q[3] != k[3]:
-        raise ValueError(f"q and k feature dims differ ({q[3]} vs {k[3]})")
+    for other in (k, v):
+        _require(q[0] == other[0], "q, k, v must share the batch size")
+    for other in (k, v):
+        _require(q[head] == other[head], "q, k, v must share the number of heads (repeat k/v heads for GQA)")
+    _require(k[token] == v[token], "k and v must have the same number of tokens")
+    _require(q[3] == k[3], f"q and k feature dims differ ({q[3]} vs {k[3]})")
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, feature_map: str, eps: float, layout: str) -> None:

@@ -1,6 +1,7 @@
 """The linear-attention GPU benchmarks in their CPU smoke modes, so they cannot rot unnoticed.
 
-benchmarks/linear_attention.py --smoke, tune_linear_attention.py --smoke (Triton interpreter),
+benchmarks/linear_attention.py --smoke, tune_linear_attention.py --smoke (Triton interpreter; all
+passes, and the forward-only --units run of the GPU segment),
 e2e.py --tiny with the Hedgehog rows (fused and unfused), recovery.py --wan13-tiny (fused vs
 unfused s/step in one run).
 """
@@ -56,13 +57,10 @@ def test_tuner_smoke_writes_a_table_the_kernels_read(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["configs"]) == {"hedgehog:16x16:bnhd", "hedgehog:16x16:bhnd"}
     assert report["summary"]["hedgehog:16x16:bnhd"]["max_rel_error"] < 1e-4
-    spec = importlib.util.spec_from_file_location("tuned_under_test", table)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from lincompress.kernels.tuned_configs import TUNED_CONFIGS as committed
+    module = _load_table(table)
+    from lincompress.kernels.tuned_configs import TUNED_CONFIGS
 
-    # the written table is the committed one with the freshly tuned entries replaced or added
-    assert module.TUNED_CONFIGS == {**committed, **report["configs"]}
+    assert module.TUNED_CONFIGS == {**TUNED_CONFIGS, **report["configs"]}  # the committed keys are kept
     from lincompress.kernels import linear_attention_triton as lat
 
     try:  # the tuner JSON, as LINCOMPRESS_LINEAR_ATTENTION_CONFIGS would load it
@@ -71,6 +69,41 @@ def test_tuner_smoke_writes_a_table_the_kernels_read(tmp_path):
         assert chosen["bwd_key"] == lat.KernelConfig.from_dict(report["configs"]["hedgehog:16x16:bnhd"]["bwd_key"])
     finally:
         lat.load_config_table(None)
+
+
+def _load_table(path: Path):
+    spec = importlib.util.spec_from_file_location("tuned_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuner_forward_units_only_keep_every_backward_entry(tmp_path):
+    """``--units state,output`` re-tunes the forward of a committed key and keeps that key's backward kernels."""
+    pytest.importorskip("triton")
+    from lincompress.kernels.tuned_configs import TUNED_CONFIGS
+
+    tuner = _script("tune_linear_attention")
+    committed = {"hedgehog:16x16:bnhd": {k: {"block_n": 99} for k in ("state", "output", "bwd_query", "bwd_key")}}
+    tuned = {"hedgehog:16x16:bnhd": {"state": {"block_n": 16}, "output": {"block_n": 32, "tc_norm": 1}}}
+    table, kept = tuner["merged_table"](tuned, {**TUNED_CONFIGS, **committed})
+    assert table["hedgehog:16x16:bnhd"] == {"state": {"block_n": 16}, "output": {"block_n": 32, "tc_norm": 1},
+                                            "bwd_query": {"block_n": 99}, "bwd_key": {"block_n": 99}}  # fmt: skip
+    assert all(table[k] == v for k, v in TUNED_CONFIGS.items()) and kept == 2 + sum(map(len, TUNED_CONFIGS.values()))
+    with pytest.raises(SystemExit, match="--units"):
+        tuner["main"](["--units", "state,backward"])
+    out, path = tmp_path / "tuning.json", tmp_path / "tuned_configs.py"  # the GPU segment's command, in smoke mode
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "tune_linear_attention.py"), "--smoke", "--maps", "hedgehog", "--top", "1",
+         "--units", "state,output", "--json", str(out), "--table", str(path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["units"] == ["state", "output"] and set(report["configs"]["hedgehog:16x16:bnhd"]) == {"state", "output"}
+    assert set(report["summary"]["hedgehog:16x16:bnhd"]["errors_vs_fp32"]) == {"out"}
+    assert _load_table(path).TUNED_CONFIGS == {**TUNED_CONFIGS, **report["configs"]}
 
 
 def test_e2e_tiny_has_fused_and_unfused_hedgehog_rows(tmp_path):

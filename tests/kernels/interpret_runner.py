@@ -67,7 +67,8 @@ def run_case(case: dict) -> dict[str, float]:
     args = (case["feature_map"], case["eps"], case["layout"])
     configs = None
     if case["block_n"]:
-        config = KernelConfig(block_n=case["block_n"], block_dv=case["block_dv"], split=case["split"])
+        config = KernelConfig(block_n=case["block_n"], block_dv=case["block_dv"], split=case["split"],
+                              tc_norm=case["tc_norm"])
         configs = {name: config for name in KERNELS}
     out = linear_attention_forward_triton(q, k, v, *args, configs=configs)
     grads = linear_attention_backward_triton(grad_out, q, k, v, *args, configs=configs)

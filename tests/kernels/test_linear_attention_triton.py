@@ -4,6 +4,7 @@ CPU: the kernels run under ``TRITON_INTERPRET=1`` in one subprocess (the flag mu
 set before kernels are defined and must not leak into other tests), at tiny sizes with
 odd token counts (1, 37, 129) and head dims (3, 17), both layouts, every feature map of
 the op spec (Hedgehog included), both query-side backward variants (fused and split),
+both normalisations of Hedgehog's output pass (``tc_norm``),
 fp32 and fp16. bf16 is checked on GPU only: Triton's interpreter computes bf16
 ``tl.dot`` wrongly (garbage even for a single 16x16 product), which says nothing about
 the kernels. GPU (``-m gpu``): real sizes, bf16, poisoned outputs, and dispatch of the
@@ -33,7 +34,7 @@ FUSED_MAPS = tuple(name for name, s in spec.FEATURE_MAPS.items() if s.kernel_id 
 def _case(case_id: str, **overrides) -> dict:
     base = dict(
         layout="bhnd", feature_map="elu1", dtype="float32", batch=2, heads=2, n_q=37, n_kv=37, dk=24, dv=40,
-        eps=1e-6, strided=False, block_n=16, block_dv=0, split=0, seed=0,
+        eps=1e-6, strided=False, block_n=16, block_dv=0, split=0, tc_norm=0, seed=0,
     )  # fmt: skip
     return {**base, **overrides, "id": case_id}
 
@@ -58,6 +59,13 @@ def _interpret_cases() -> list[dict]:
         _case("value-dim-blocks-hedgehog", feature_map="hedgehog", block_dv=16, n_q=21, n_kv=45, heads=1),
         _case("value-dim-blocks-split", feature_map="elu1", block_dv=16, split=1, n_q=21, n_kv=45, heads=1),
         _case("zero-feature-rows", feature_map="relu", zero_features=True),
+        # Hedgehog's output pass normalised after the products (tc_norm): odd D (column masks),
+        # even D (none), fp16 (z scaled into range), a single query token, value-dim blocks
+        _case("hedgehog-tc-norm-n37x129-d17", feature_map="hedgehog", n_q=37, n_kv=129, dk=17, dv=24, tc_norm=1),
+        _case("hedgehog-tc-norm-bnhd-fp16-d16", feature_map="hedgehog", layout="bnhd", dtype="float16", n_q=129,
+              n_kv=37, dk=16, dv=16, tc_norm=1, batch=1),
+        _case("hedgehog-tc-norm-n1-dv-blocks", feature_map="hedgehog", n_q=1, n_kv=45, dk=3, dv=40, block_dv=16,
+              tc_norm=1, heads=1),
     ]
     return cases
 
@@ -170,6 +178,31 @@ def test_gpu_matches_reference(layout, feature_map, split, dtype, dk, dv, n, n_q
     assert _rel(out, linear_attention_reference(*wide[1:], *args)) <= tol
     for got, want in zip(grads, linear_attention_backward_reference(*wide, *args)):
         assert _rel(got, want) <= tol
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("tc_norm", [0, 1])
+@pytest.mark.parametrize(
+    "dtype,dk,n,config",
+    [
+        (torch.bfloat16, 128, 4099, dict(block_n=64, num_warps=8, num_stages=1, maxnreg=128)),
+        (torch.bfloat16, 96, 1000, dict(block_n=64, num_warps=4, num_stages=2)),  # padded columns
+        (torch.float16, 64, 70000, dict(block_n=128, num_warps=8, num_stages=3)),  # z past fp16's range
+        (torch.bfloat16, 128, 777, dict(block_n=32, num_warps=8, num_stages=3)),  # MMAv2 tiles
+    ],
+)
+def test_gpu_hedgehog_output_pass_both_normalisations(dtype, dk, n, config, tc_norm) -> None:
+    from lincompress.kernels.linear_attention_triton import KernelConfig, linear_attention_forward_triton
+    from lincompress.ops.linear_attention import linear_attention_reference
+
+    torch.manual_seed(n + tc_norm)
+    q, k, v = _gpu_inputs("bnhd", 1, 2, n, dk, dk, dtype)
+    _poison_allocator()
+    configs = {"output": KernelConfig(**config, tc_norm=tc_norm)}
+    out = linear_attention_forward_triton(q, k, v, "hedgehog", 1e-6, "bnhd", configs=configs)
+    want = linear_attention_reference(q.double(), k.double(), v.double(), "hedgehog", 1e-6, "bnhd")
+    assert _rel(out, want) <= 1e-2
 
 
 @pytest.mark.gpu

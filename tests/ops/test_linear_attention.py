@@ -127,6 +127,25 @@ def test_export_and_compile_see_one_node():
     torch.testing.assert_close(compiled(q, k, v), _Tiny()(q, k, v))
 
 
+class _DataDependentTokens(torch.nn.Module):
+    """Key and value token counts read from tensors (unbacked sizes), as models with a variable history have."""
+
+    def forward(self, q, k, v, n_k, n_v):
+        a, b = n_k.item(), n_v.item()
+        torch._check(a >= 0), torch._check(a <= k.shape[2]), torch._check(b >= 0), torch._check(b <= v.shape[2])
+        return linear_attention(q, k[:, :, :a], v[:, :, :b], "relu")
+
+
+def test_shape_checks_export_with_data_dependent_token_counts():
+    """The shape rules the tracer cannot decide become runtime assertions of the exported program."""
+    q, k, v = torch.rand(1, 2, 5, 4), torch.rand(1, 2, 7, 4), torch.rand(1, 2, 7, 3)
+    program = torch.export.export(_DataDependentTokens(), (q, k, v, torch.tensor(6), torch.tensor(6)))
+    got = program.module()(q, k, v, torch.tensor(4), torch.tensor(4))
+    torch.testing.assert_close(got, linear_attention_reference(q, k[:, :, :4], v[:, :, :4], "relu"))
+    with pytest.raises(RuntimeError, match="Runtime assertion failed"):  # k and v token counts differ
+        program.module()(q, k, v, torch.tensor(4), torch.tensor(5))
+
+
 def test_eager_path_skips_the_dispatcher_and_matches_the_op():
     """Plain eager calls run one autograd.Function; the registered op (what graphs hold) gives the same numbers."""
     g = torch.Generator().manual_seed(3)
