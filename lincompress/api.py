@@ -14,6 +14,7 @@ options as flags.
 from __future__ import annotations
 
 import difflib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ def _steps(options: dict[str, Any]) -> int:
 
 def compress(
     target: Target | str | Path, *, out_dir: str | Path | None = None, select: str | list[str] | None = None,
-    resume: bool = False, overwrite: bool = False, progress: bool = True, **options: Any,
+    resume: bool | str = False, overwrite: bool = False, keep_work: bool = False, progress: bool = True,
+    **options: Any,
 ) -> State:
     """The standard recipe: find -> hybridize -> select (+ recover) -> fix (-> save + report).
 
@@ -118,7 +120,11 @@ def compress(
         "uniform" / "first" / "last" (the default with steps=0: uniform), "greedy", or a list
         of site names.
     out_dir: write the artifact (and the recovery report) there; training state lives in
-        ``out_dir/.lincompress-work``, so ``resume=True`` continues an interrupted run.
+        ``out_dir/.lincompress-work``, so ``resume=True`` continues an interrupted run (an error
+        when there is nothing to continue; ``resume="auto"`` continues one if there is one,
+        else starts). ``overwrite=True`` starts over, replacing what an earlier run wrote.
+    keep_work: keep the work directory (checkpoints, teacher cache) after success; by default
+        only the artifact and report remain.
     options: fields of the pass configs (see the module docstring), e.g. ``target_linear=0.7,
         objective="adm", steps=2000, feature_map="relu", lr=1e-5``.
     Returns the final ``State`` (``.model`` is the fixed model; the original is untouched).
@@ -131,6 +137,9 @@ def compress(
     steps = _steps(options)
     if steps == 0:
         options.pop("steps", None)  # the switch that leaves recovery out, not a recovery option
+        if resume is True:
+            raise ArgumentError("{} continues an interrupted recovery, and this run trains nothing ({})",
+                                Arg("resume", True), Arg("steps", 0))
     select = _check_select(select, steps)
     label = _selection_label(select)
     used = ["discovery", "hybridization", label] + (["recovery"] if steps > 0 else [])
@@ -139,17 +148,23 @@ def compress(
                          _selection_pass(select, opts, label)]
     if steps > 0:
         work_dir = Path(out_dir) / WORK_DIR if out_dir is not None else None
-        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"]))
+        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, overwrite=overwrite, progress=progress,
+                                     **opts["recovery"]))
     recipe.append(passes.Fix())
     if out_dir is not None:
-        recipe += [passes.Save(out_dir, overwrite=overwrite or resume), passes.Report(out_dir)]
+        recipe += [passes.Save(out_dir, overwrite=overwrite or bool(resume)), passes.Report(out_dir)]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
-    return pipeline.run(target if isinstance(target, Target) else load_target(target))
+    state = pipeline.run(target if isinstance(target, Target) else load_target(target))
+    if steps > 0 and out_dir is not None and not keep_work:  # done: checkpoints and caches only served a resume
+        shutil.rmtree(Path(out_dir) / WORK_DIR, ignore_errors=True)
+        state.outputs.pop("recovery_dir", None)
+    return state
 
 
 def recover(
     model: nn.Module, target: Target | str | Path, *, select: str | list[str] = "learned",
-    work_dir: str | Path | None = None, resume: bool = False, progress: bool = True, **options: Any,
+    work_dir: str | Path | None = None, resume: bool | str = False, overwrite: bool = False, progress: bool = True,
+    **options: Any,
 ) -> State:
     """Train the hybrid ``model`` against ``target.model`` (the original, the teacher), in place.
 
@@ -160,7 +175,8 @@ def recover(
     ``RecoveryConfig`` and of the selection's config (``target_linear``, ``steps``,
     ``objective``, ``lr``, ...). The returned ``State`` has ``.selection`` (the sites that
     became linear: fix them with ``passes.Fix`` or a second ``mto.apply_mode``), ``.metrics``
-    and ``.modified_parameters``; ``.model`` is ``model``, trained.
+    and ``.modified_parameters``; ``.model`` is ``model``, trained. ``work_dir``, ``resume``,
+    ``overwrite``: as for ``passes.Recover``.
     """
     if not isinstance(target, Target):
         target = load_target(target)
@@ -175,5 +191,6 @@ def recover(
     opts = _dispatch(options, [label, "recovery"], (Arg("select", select),))
     state = State.for_hybrid(target, model)
     recipe = [_selection_pass(select, opts, label),
-              passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"])]
+              passes.Recover(work_dir=work_dir, resume=resume, overwrite=overwrite, progress=progress,
+                             **opts["recovery"])]
     return Pipeline(recipe).run(state)
