@@ -20,15 +20,17 @@ from typing import Any
 
 from torch import nn
 
+from lincompress.artifacts import check_out_dir
 from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, field_default
 from lincompress.errors import LinCompressError
+from lincompress.outputs import WORK_DIR  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
 from lincompress.pipeline import Pipeline, State
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
 from lincompress.selection import HEURISTICS
 from lincompress.target import Target, load_target
 
 SELECTIONS: tuple[str, ...] = ("learned", *HEURISTICS, "greedy")
-WORK_DIR = ".lincompress-work"  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
+from lincompress.outputs import WORK_DIR  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
 _SET_BY_SELECT = ("strategy", "sites")  # SelectConfig fields that `select` decides
 
 
@@ -152,7 +154,9 @@ def compress(
                                      **opts["recovery"]))
     recipe.append(passes.Fix())
     if out_dir is not None:
-        recipe += [passes.Save(out_dir, overwrite=overwrite or bool(resume)), passes.Report(out_dir)]
+        replace = overwrite or bool(resume)
+        check_out_dir(out_dir, replace)  # before the model is even built
+        recipe += [passes.Save(out_dir, overwrite=replace), passes.Report(out_dir, overwrite=replace)]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
     state = pipeline.run(target if isinstance(target, Target) else load_target(target))
     if steps > 0 and out_dir is not None and not keep_work:  # done: checkpoints and caches only served a resume

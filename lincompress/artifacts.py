@@ -129,17 +129,15 @@ def artifact_tensors(state: State) -> dict[str, torch.Tensor]:
             if name not in base or f"{SITES_ATTR}." in name or name in state.modified_parameters}
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to write an artifact where it would clobber something (nothing is created)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ArtifactArgumentError(f"{literal(out_dir)} exists and is not a directory; choose another {{}}", Arg("out_dir"))
-    if out_dir.is_dir() and not overwrite:
-        if (out_dir / MANIFEST).exists():
-            raise ArtifactArgumentError(f"{literal(out_dir)} already holds an artifact; pass {{}} or choose another {{}}",
-                                Arg("overwrite", True), Arg("out_dir"))
-        if any(not p.name.startswith(".") for p in out_dir.iterdir()):
-            raise ArtifactArgumentError(f"{literal(out_dir)} is not empty and holds no artifact; choose an empty or new {{}}",
-                                Arg("out_dir"))
+ARTIFACT_FILES = (MANIFEST, WEIGHTS)
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse, before any work, an artifact directory where writing would touch what lincompress did not write
+    (or replace an artifact without ``overwrite``); nothing is created. See ``lincompress.outputs``."""
+    from lincompress.outputs import OutputDir
+
+    OutputDir(out_dir).check(ARTIFACT_FILES, replace=overwrite, what="an artifact", replace_arg=Arg("overwrite", True))
 
 
 def _candidates(state: State) -> list[str]:
@@ -157,10 +155,15 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
 
     if state.selection is None or not state.fixed:
         raise LinCompressError("save needs a fixed model; run passes.Fix() before saving")
+    from lincompress.outputs import OutputDir
+
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
+    outputs = OutputDir(out_dir)
+    stale = [rel for rel in outputs.record if rel not in ARTIFACT_FILES] if overwrite else []  # about the old one
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = atomic.write_safetensors(out_dir / WEIGHTS, artifact_tensors(state), {"format": "lincompress"})
+    weights_sha = atomic.sha256_file(weights_path)
     candidates = _candidates(state)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -180,11 +183,13 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
         "target_linear": state.target_linear,
         "metrics": state.metrics,
         "modified_parameters": sorted(state.modified_parameters),
-        "weights": {"file": WEIGHTS, "sha256": atomic.sha256_file(weights_path)},
+        "weights": {"file": WEIGHTS, "sha256": weights_sha},
         "versions": _versions(),
         **(extra or {}),
     }
     atomic.write_json(out_dir / MANIFEST, manifest)
+    outputs.add([WEIGHTS, MANIFEST], hashes={WEIGHTS: weights_sha})
+    outputs.forget(stale)  # the replaced artifact's reports, evaluations, exports (files of ours only)
     return out_dir
 
 

@@ -44,6 +44,7 @@ from lincompress.target import Target, load_target
 
 __all__ = ["DTYPES", "BenchConfig", "Row", "Timing", "bench", "resolve_device", "resolve_dtype", "time_call"]
 DEFAULT_TARGETS = "0.5,0.7,1.0"
+REPORT_FORMAT = "lincompress-bench"  # marks the JSON report, so a re-run replaces only a report of ours
 
 
 # --------------------------------------------------------------------------- parsing user options
@@ -552,6 +553,7 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         _, settings["sampler"] = make_sampler(original, kwargs, target.latent_key, target.timestep_key,
                                               target.scheduler, config.steps)
     return {
+        "format": REPORT_FORMAT,
         "model": target.name,
         "model_py": model_py or target.extras.get("source"),
         "environment": environment(dev),

@@ -68,9 +68,14 @@ class Recover(RecordedPass):
 
     def check(self, state: State) -> None:
         if self.config.steps > 0:
+            from lincompress.outputs import check_location
             from lincompress.recovery.sampling import check_flow_scheduler
 
             check_flow_scheduler(state.target.scheduler)
+            if self.work_dir is not None:
+                check_location(self.work_dir, "work_dir")
+            if self.config.cache_dir is not None:
+                check_location(self.config.cache_dir, "cache_dir")
 
     def run(self, state: State) -> State:
         if self.config.steps == 0:
@@ -115,6 +120,7 @@ class Recover(RecordedPass):
 @dataclass
 class ReportConfig(PassConfig):
     out_dir: str | None = option(None, cli=False, help="Where to copy the report [default: the artifact directory].")
+    overwrite: bool = option(False, cli=False, help="Replace a report lincompress wrote there (its files only).")
 
 
 class Report(BasePass):
@@ -127,18 +133,36 @@ class Report(BasePass):
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]
         return () if self.config.out_dir is not None else ("artifact",)
 
+    def check(self, state: State) -> None:
+        if self.config.out_dir is not None:
+            self._check(self.config.out_dir)
+
+    def _check(self, out_dir: str | Path) -> None:
+        from lincompress.outputs import OutputDir
+        from lincompress.recovery.report import REPORT_FILES
+
+        OutputDir(out_dir).check(REPORT_FILES, replace=self.config.overwrite, what="a recovery report",
+                                 replace_arg=Arg("overwrite", True))
+
     def run(self, state: State) -> State:
+        from lincompress.outputs import OutputDir
+        from lincompress.recovery.report import REPORT_FILES, REPORT_MD
+
         source = state.outputs.get("recovery_dir")
         out_dir = self.config.out_dir or state.outputs.get("artifact")
         if out_dir is None:
             raise LinCompressError("Report needs an output directory; pass Report(out_dir) or run passes.Save first")
         if source is None:
             return state  # nothing was trained: the artifact manifest says it all
-        from lincompress.recovery.report import LOSS_PNG, SCORES_PNG
-
-        for name in ("report.md", LOSS_PNG, SCORES_PNG, "metrics.jsonl"):
+        if self.config.out_dir is None:
+            self._check(out_dir)
+        outputs = OutputDir(out_dir)
+        written = []
+        for name in REPORT_FILES:
             path = Path(source) / name
             if path.is_file():
                 atomic.atomic_write(Path(out_dir) / name, lambda tmp, p=path: shutil.copyfile(p, tmp))
-        state.outputs["report"] = Path(out_dir) / "report.md"
+                written.append(name)
+        outputs.add(written)
+        state.outputs["report"] = Path(out_dir) / REPORT_MD
         return state

@@ -18,7 +18,7 @@ from lincompress.artifacts import MANIFEST, WEIGHTS, read_artifact, replay
 from lincompress.atomic import sha256_file as _sha256
 from lincompress.attention import iter_sites
 from lincompress.config import PassConfig, option
-from lincompress.errors import ArtifactError
+from lincompress.errors import ArtifactError, LinCompressError
 from lincompress.pipeline import RecordedPass, State
 from zoo import ZOO
 
@@ -141,9 +141,10 @@ def test_missing_artifact(tmp_path):
 def test_save_never_clobbers_user_files(saved, tmp_path):
     _, state, out = saved
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ArtifactError, match="not empty and holds no artifact"):
+    with pytest.raises(LinCompressError, match="holds files lincompress did not write \\(notes.txt\\); choose an empty "
+                                               "or new out_dir"):
         passes.Save(tmp_path).run(state)
-    with pytest.raises(ArtifactError, match="already holds an artifact; pass overwrite=True"):
+    with pytest.raises(LinCompressError, match="already holds an artifact; pass overwrite=True"):
         passes.Save(out).run(state)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 

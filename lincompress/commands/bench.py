@@ -9,6 +9,7 @@ as JSON. Every ``BenchConfig`` field is a flag.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from rich.table import Table
 from lincompress import atomic
 from lincompress import benchmarking as bm
 from lincompress.commands._options import config_options, given
+from lincompress.config import Arg, literal
+from lincompress.outputs import OutputError, check_location
 
 DEFAULT_JSON = "lincompress-bench.json"
 
@@ -39,6 +42,22 @@ def report_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _check_json(path: Path) -> None:
+    """The report may replace an earlier report of ours, never another file."""
+    check_location(path, "json_path", kind="file")
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    ours = isinstance(data, dict) and (data.get("format") == bm.REPORT_FORMAT
+                                       or {"environment", "settings", "rows"} <= set(data))  # or an older report
+    if not ours:
+        raise OutputError(f"{literal(path)} exists and is not a lincompress bench report; choose another {{}}",
+                          Arg("json_path"))
+
+
 @click.command("bench")
 @click.argument("model_py", type=click.Path(dir_okay=False))
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
@@ -49,6 +68,7 @@ def report_table(report: dict[str, Any]) -> Table:
 def command(model_py: str, artifact: str | None, json_path: str, **options: Any) -> None:
     """Latency, speed-up and peak memory of MODEL_PY and its fixed linear-attention hybrids."""
     console = Console()
+    _check_json(Path(json_path))  # before any work
     report = bm.bench(model_py, artifact=artifact, log=console.log, **given(options))
     console.print(report_table(report))
     path = atomic.write_json(Path(json_path), report)

@@ -23,9 +23,11 @@ def command(model_py: str, artifact: str, samples: int, steps: int, seed: int, b
     import torch
 
     from lincompress.evaluation import evaluate
+    from lincompress.evaluation.runner import check_eval_out
     from lincompress.target import load_target
 
     console = Console()
+    check_eval_out(artifact, out_dir)  # before the model is built
     target = load_target(model_py)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with console.status(f"sampling {samples} x {steps} steps with teacher and compressed model on {device}"):

@@ -44,7 +44,7 @@ from lincompress.recovery.checkpoint import (
 )
 from lincompress.recovery.objectives import Context, Objective, make_objective
 from lincompress.recovery.progress import MetricsLog, TrainingProgress
-from lincompress.recovery.report import write_report
+from lincompress.recovery.report import METRICS_JSONL, write_report
 from lincompress.recovery.sampling import (
     ConditionSource, Guidance, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
 )
@@ -187,7 +187,7 @@ class Trainer:
         self._error_before: float | None = None
         self._elapsed = 0.0  # training seconds up to the last checkpoint (previous sessions included)
         self._setup_model()
-        self.log = MetricsLog(self.work_dir / "metrics.jsonl")
+        self.log = MetricsLog(self.work_dir / METRICS_JSONL)
 
     # -- setup ---------------------------------------------------------------------
     def _apply_selection(self, selection: list[str]) -> None:
