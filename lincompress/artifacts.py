@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -170,7 +171,7 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
         "base_model": {
             "class": type(state.target.model).__name__,
             "fingerprint": state.base_hash or model_fingerprint(state.target.model),
-            "source": state.target.extras.get("source"),
+            **source_paths(out_dir, state.target.extras.get("source")),
             "name": state.target.name,
         },
         "recipe": [step.to_dict() for step in state.recipe],
@@ -358,24 +359,50 @@ def apply(model: nn.Module, artifact: str | Path | Artifact, check_base: bool = 
     return model
 
 
-def open_artifact(out_dir: str | Path) -> tuple[Artifact, Target]:
-    """Read the artifact once, build its recorded model.py once, apply it: ``(artifact, target)``.
+def source_paths(out_dir: str | Path, source: str | Path | None) -> dict[str, str | None]:
+    """How the manifest records model.py: relative to the artifact (survives moving both together) + absolute."""
+    if not source:
+        return {"source": None, "source_absolute": None}
+    absolute = Path(source).resolve()
+    try:
+        relative = Path(os.path.relpath(absolute, Path(out_dir).resolve())).as_posix()
+    except ValueError:  # another drive (Windows): only the absolute path exists
+        relative = str(absolute)
+    return {"source": relative, "source_absolute": str(absolute)}
 
+
+def recorded_model_py(artifact: Artifact) -> Path | None:
+    """The artifact's model.py: its recorded path relative to the artifact, else the absolute one, if it exists."""
+    base = artifact.base_model
+    for recorded in (base.get("source"), base.get("source_absolute")):
+        if recorded:
+            path = artifact.path / recorded  # an absolute path stays itself
+            if path.is_file():
+                return path
+    return None
+
+
+def open_artifact(out_dir: str | Path, model: str | Path | None = None) -> tuple[Artifact, Target]:
+    """Read the artifact once, build its model.py once, apply it: ``(artifact, target)``.
+
+    ``model``: the model.py to build (default: the one the artifact records, found relative to
+    the artifact first). Whichever it is, the base-model fingerprint must match.
     ``target.model`` is the artifact's model (the freshly built original, converted in place).
     """
     from lincompress.target import load_target
 
     artifact = read_artifact(out_dir)
-    source = artifact.base_model.get("source")
-    if not source or not Path(source).is_file():
-        raise ArtifactError(
-            f"{out_dir} records no loadable model.py ({source!r}); use lincompress.apply(model, out_dir) with your model"
-        )
+    source = Path(model) if model is not None else recorded_model_py(artifact)
+    if source is None:
+        recorded = artifact.base_model.get("source_absolute") or artifact.base_model.get("source")
+        raise ArtifactArgumentError(
+            f"{literal(out_dir)} was made from {literal(recorded)}, which is not there any more; pass {{}} with the "
+            "model.py it was made from (its fingerprint is checked)", Arg("model", "model.py"))
     target = load_target(source)
     apply(target.model, artifact)
     return artifact, target
 
 
-def load(out_dir: str | Path) -> nn.Module:
-    """Rebuild the artifact's model from the model.py recorded in it."""
-    return open_artifact(out_dir)[1].model
+def load(out_dir: str | Path, model: str | Path | None = None) -> nn.Module:
+    """Rebuild the artifact's model from its model.py (``model``, default: the recorded one)."""
+    return open_artifact(out_dir, model)[1].model

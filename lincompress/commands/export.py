@@ -53,8 +53,11 @@ def _parse_profiles(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--strongly-typed", is_flag=True, help="TensorRT: export the ONNX in --precision and build a strongly typed network.")
 @click.option("--require-engine", is_flag=True, help="TensorRT: fail (exit 2) when no engine can be built here.")
 @click.option("--static", "static", is_flag=True, help="Export with the example's fixed shapes (no dynamic axes).")
+@click.option("--model", "model", type=click.Path(dir_okay=False), default=None,
+              help="The model.py the artifact was made from [default: the one it records]; its fingerprint is checked.")
 def command(out_dir: str, fmt: str, decompose: bool, precision: str | None, opset: int | None, device: str,
-            profiles: tuple[str, ...], strongly_typed: bool, require_engine: bool, static: bool) -> None:
+            profiles: tuple[str, ...], strongly_typed: bool, require_engine: bool, static: bool,
+            model: str | None) -> None:
     """Export the fixed model in artifact OUT_DIR as ONNX, a TensorRT engine, or an AOTInductor package."""
     import torch
 
@@ -70,7 +73,7 @@ def command(out_dir: str, fmt: str, decompose: bool, precision: str | None, opse
     outputs = OutputDir(out, None)
     outputs.check(_files(fmt, device), replace=True, what=f"a {fmt} export")  # before any work
     with console.status(f"loading {out}"):
-        source = ExportSource.from_artifact(out)
+        source = ExportSource.from_artifact(out, model)
     with outputs.recording():  # replaces our earlier export of this format, never a file we did not write
         _export(console, out, source, fmt, decompose, precision, opset, device, profiles, strongly_typed,
                 require_engine, static, dtypes)
