@@ -1,9 +1,9 @@
 """``lincompress bench model.py [--artifact DIR]``: ``lincompress.bench`` as a command.
 
 In one run, with one set of settings, it measures the original model and a fixed
-hybrid per target (or the artifact's fixed model): the median latency of one denoiser
-forward, of a full N-step flow-matching sampling loop, and the peak device memory of
-a forward. It prints a table and writes everything (device, versions, settings, rows)
+hybrid per target (or the artifact's fixed model): the median latency (with min-max and
+quartiles; a warning when they spread wide) of one denoiser forward, of a full N-step
+flow-matching sampling loop, and the peak device memory of a forward. It prints a table and writes everything (device, versions, settings, rows)
 as JSON. Every ``BenchConfig`` field is a flag.
 """
 
@@ -30,13 +30,14 @@ def report_table(report: dict[str, Any]) -> Table:
     s = report["settings"]
     title = (f"{report['model']} on {report['environment']['device']}: {s['dtype']}, batch {s['batch_size']}, "
              f"{'compiled' if s['compile'] else 'eager'}, feature map {s['feature_map']}")
-    table = Table(title=title)
+    table = Table(title=title, caption="ms: median ± half the interquartile range of the timed calls (min, max, "
+                                       "quartiles in the JSON); ! marks a spread too wide to trust")
     for col in ("model", "linear sites", "forward ms", "speed-up", f"{s['steps']}-step ms", "speed-up", "peak memory"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
         table.add_row(
-            r["variant"], f"{r['num_linear']}/{r['num_candidates']}", bm.format_ms(r["forward_ms"]),
-            bm.format_speedup(r["speedup_forward"]), bm.format_ms(r["sampling_ms"]),
+            r["variant"], f"{r['num_linear']}/{r['num_candidates']}", bm.format_timing(r["forward"]),
+            bm.format_speedup(r["speedup_forward"]), bm.format_timing(r["sampling"]),
             bm.format_speedup(r["speedup_sampling"]), bm.format_memory(r["peak_memory_bytes"]),
         )
     return table

@@ -68,7 +68,7 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, resum
     state = compress(model_py, out_dir=out_dir, select=select, resume="auto" if resume_or_start else resume,
                      overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
     console.print(f"[bold]{len(state.selection)}[/] of {len(state.candidates)} candidate sites are linear "
-                  f"({state.selection_method}): " + ", ".join(state.selection))
+                  f"({state.selection_method})" + (": " + ", ".join(state.selection) if state.selection else ""))
     rec = state.metrics.get("recovery")
     if rec:
         before, after = rec.get("velocity_error_without_recovery"), rec.get("velocity_error_after")
