@@ -201,6 +201,79 @@ _REQUIRED = {1: ("sites", "selection", "feature_map", "base_model", "weights"),
              2: ("recipe", "selection", "base_model", "weights")}
 
 
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_shape(manifest: dict[str, Any], version: int, path: Path) -> None:
+    """Every field loading reads has the type it must have: a hand-edited or damaged manifest fails here, in one line."""
+    def bad(where: str, expected: str) -> ArtifactError:
+        return ArtifactError(f"{path}: {where} must be {expected}; the manifest was edited or is damaged, re-run "
+                             "`lincompress optimize`")
+
+    base, weights = manifest["base_model"], manifest["weights"]
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), str):
+        raise bad("base_model", "an object with a string fingerprint")
+    for key in ("class", "name", "source", "source_absolute"):
+        if base.get(key) is not None and not isinstance(base[key], str):
+            raise bad(f"base_model.{key}", "a string")
+    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str) \
+            or not isinstance(weights.get("file"), str) or Path(weights["file"]).name != weights["file"] \
+            or weights["file"] in ("", ".", ".."):
+        raise bad("weights", "an object with a file name inside the artifact and its sha256")
+    if not _is_str_list(manifest["selection"]):
+        raise bad("selection", "a list of site names")
+    if manifest.get("candidates") is not None and not _is_str_list(manifest["candidates"]):
+        raise bad("candidates", "a list of site names")
+    if manifest.get("feature_map") is not None and not isinstance(manifest["feature_map"], str):
+        raise bad("feature_map", "a feature map name")
+    if version == 1:
+        _check_sites(manifest["sites"], "sites", bad)
+        return
+    recipe = manifest["recipe"]
+    if not isinstance(recipe, list):
+        raise bad("recipe", "a list of {'pass', 'config', 'metadata'} steps")
+    for i, step in enumerate(recipe, 1):
+        if not isinstance(step, dict) or not isinstance(step.get("pass"), str) or not step["pass"]:
+            raise bad(f"recipe step {i}", "an object naming its 'pass'")
+        for key in ("config", "metadata"):
+            if step.get(key) is not None and not isinstance(step[key], dict):
+                raise bad(f"recipe step {i} ({literal(step['pass'])}) {key}", "an object")
+        if step.get("package") is not None and not isinstance(step["package"], str):
+            raise bad(f"recipe step {i} ({literal(step['pass'])}) package", "a distribution name")
+        if isinstance(step.get("metadata"), dict) and "sites" in step["metadata"]:
+            _check_sites(step["metadata"]["sites"], f"recipe step {i} ({literal(step['pass'])}) metadata.sites", bad)
+
+
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _check_sites(sites: Any, where: str, bad: Any) -> None:
+    """A list of ``SiteInfo`` records, each with every field of its type (bool is not an int here)."""
+    import dataclasses
+
+    from lincompress.discovery import SiteInfo
+
+    fields = dataclasses.fields(SiteInfo)
+    if not isinstance(sites, list):
+        raise bad(where, "a list of site records")
+    for n, site in enumerate(sites):
+        if not isinstance(site, dict):
+            raise bad(f"{where}[{n}]", "a site record")
+        unknown = sorted(set(site) - {f.name for f in fields})
+        if unknown:
+            raise bad(f"{where}[{n}]", f"a site record (it has an unknown field {literal(repr(unknown[0]))})")
+        for f in fields:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name not in site:
+                if required:
+                    raise bad(f"{where}[{n}]", f"a site record with {literal(repr(f.name))}")
+                continue
+            value, types = site[f.name], _JSON_TYPES[str(f.type)]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                raise bad(f"{where}[{n}].{f.name}", f"of type {f.type}")
+
+
 def read_artifact(out_dir: str | Path) -> Artifact:
     """Parse and verify an artifact directory (format version, weights checksum)."""
     out_dir = Path(out_dir)
@@ -222,10 +295,7 @@ def read_artifact(out_dir: str | Path) -> Artifact:
     for key in _REQUIRED[version]:
         if key not in manifest:
             raise ArtifactError(f"{manifest_path} lacks {key!r}; the artifact is incomplete, re-run `lincompress optimize`")
-    recipe = manifest.get("recipe", [])
-    if not isinstance(recipe, list) or not all(isinstance(s, dict) and isinstance(s.get("pass"), str) for s in recipe):
-        raise ArtifactError(f"{manifest_path} has a malformed recipe (a list of {{'pass', 'config', 'metadata'}} "
-                            "steps is expected); re-run `lincompress optimize`")
+    _check_shape(manifest, version, manifest_path)
     weights_path = out_dir / manifest["weights"]["file"]
     if not weights_path.is_file():
         raise ArtifactError(f"{weights_path} is missing; the artifact is incomplete, re-run `lincompress optimize`")

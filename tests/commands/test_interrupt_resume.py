@@ -119,3 +119,23 @@ def test_resume_with_nothing_to_resume_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: nothing to resume: ") and "run without --resume to start" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_from_a_corrupted_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, one_thread):
+    from click.testing import CliRunner
+
+    from lincompress.cli import main
+
+    out = tmp_path / "art"
+    args = ["optimize", str(MODEL), *ARGS, "--out", str(out), "--objective", "mse", "--steps", "1"]
+    first = CliRunner().invoke(main, [*args, "--keep-work"])
+    assert first.exit_code == 0, first.output
+    step_dir = next((out / ".lincompress-work" / "checkpoints").glob("step-*"))
+    data = next(step_dir.glob("*.distcp"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one byte of tensor data
+    data.write_bytes(bytes(raw))
+    result = CliRunner().invoke(main, [*args, "--resume", "--steps", "2"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(f"error: {data} does not match its checksum") and "corrupt" in line
