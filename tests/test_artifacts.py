@@ -121,7 +121,7 @@ def test_corrupt_manifest(saved, tmp_path):
         read_artifact(dst)
     dst = _copy_artifact(saved[2], tmp_path, "bad-recipe")
     _rewrite_manifest(dst, lambda m: m["recipe"].append({"config": {}}))
-    with pytest.raises(ArtifactError, match="has a malformed recipe"):
+    with pytest.raises(ArtifactError, match="recipe step 4 must be an object naming its .pass.; the manifest was edited"):
         read_artifact(dst)
 
 

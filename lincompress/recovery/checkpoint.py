@@ -83,18 +83,20 @@ class ParameterState:
 
     def __init__(self, tensors: Mapping[str, Tensor]) -> None:
         self.tensors = dict(tensors)
+        self._views: dict[str, Tensor] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: t.detach() for name, t in self.tensors.items()}
+        self._views = {name: t.detach() for name, t in self.tensors.items()}  # share storage: DCP loads into them
+        return dict(self._views)
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = sorted(set(self.tensors) - set(state))
         if missing:
             raise CheckpointError(f"the checkpoint lacks the trained tensor {missing[0]}; resume with the same "
-                                  "model and training settings (train=...)")
+                                  "model and training settings")
         for name, t in self.tensors.items():
-            if state[name].data_ptr() != t.data_ptr():  # not loaded in place already
+            if state[name] is not self._views.get(name):  # not loaded in place already
                 t.copy_(state[name])
 
 
