@@ -61,13 +61,16 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 def check_resume(resume: Any) -> bool | str:
-    if resume not in RESUME or (resume is not True and resume is not False and resume != "auto"):
+    if not (resume is True or resume is False or (isinstance(resume, str) and resume == "auto")):
         raise ArgumentError("{} must be False, True or 'auto' (resume when there is a checkpoint)", Arg("resume", resume))
     return resume
 
 
 class _Abort(BaseException):
-    """Raised by the signal handler on a second signal: stop now (BaseException: model code won't swallow it)."""
+    """Raised by the signal handler to stop now: on a second signal, or on the first outside the training steps.
+
+    A BaseException, so that model code catching ``Exception`` does not swallow it.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
