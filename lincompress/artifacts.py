@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lincompress import atomic, registry
-from lincompress.attention import SITES_ATTR
+from lincompress.attention import SITES_ATTR, CallOrderError
 from lincompress.config import Arg, ArgumentError, PassConfig, literal
 from lincompress.errors import ArtifactError, LinCompressError
 from lincompress.pipeline import RecipeStep, State
@@ -474,14 +474,19 @@ def _check_weights(model: nn.Module, weights: dict[str, torch.Tensor], added: se
                             "incomplete, re-run `lincompress optimize`")
 
 
-def apply(model: nn.Module, artifact: str | Path | Artifact, check_base: bool = True) -> nn.Module:
+def apply(model: nn.Module, artifact: str | Path | Artifact, check_base: bool = True,
+          check_inputs: dict[str, Any] | None = None) -> nn.Module:
     """Turn the original ``model`` into the artifact's model, in place, and return it.
 
     ``pipe.transformer = lincompress.apply(pipe.transformer, out_dir)`` is all a diffusers
     user needs. Everything is checked first (files, base model, every recipe step's pass and
-    config); if replaying or loading still fails, ``model`` is left exactly as it was.
+    config); ``check_inputs`` (``model(**kwargs)`` arguments, e.g. ``target.inputs(1)``) runs
+    one forward of the rebuilt model before its weights load, so recorded sites that do not
+    match the model's attention calls fail here, in one line. If replaying, that check or
+    loading fails, ``model`` is left exactly as it was.
     """
     from lincompress.fingerprint import model_fingerprint
+    from lincompress.rewrite import check_call_order
 
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
     where = str(art.path)
@@ -496,6 +501,16 @@ def apply(model: nn.Module, artifact: str | Path | Artifact, check_base: bool = 
     with unchanged_on_error(model):
         for step in steps:
             model = _restore_step(model, step, where)
+        if check_inputs is not None:
+            try:
+                check_call_order(model, check_inputs)
+            except CallOrderError as exc:
+                raise ArtifactError(f"{where}: the recorded attention sites do not fit this model's forward: {exc}"
+                                    ) from None
+            except Exception as exc:  # the rebuilt model's own failure: one line, the model is rolled back
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ArtifactError(f"{where}: a forward of the rebuilt model on check_inputs failed: "
+                                    f"{type(exc).__name__}: {first}") from exc
         added = {k for k in model.state_dict() if k not in before}
         _check_weights(model, art.weights, added, where)
         model.load_state_dict(art.weights, strict=False)
@@ -547,7 +562,7 @@ def open_artifact(out_dir: str | Path, model: str | Path | None = None, **target
             f"{literal(out_dir)} was made from {literal(recorded)}, which is not there any more; pass {{}} with the "
             "model.py it was made from (its fingerprint is checked)", Arg("model", "model.py"))
     target = load_target(source, recorded_options(artifact, **target_options))
-    apply(target.model, artifact)
+    apply(target.model, artifact, check_inputs=target.inputs(1))
     return artifact, target
 
 

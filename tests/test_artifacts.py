@@ -68,6 +68,28 @@ def test_apply_rebuilds_the_fixed_model_exactly(saved):
     assert [n for n, _ in iter_sites(rebuilt)] == state.selection
 
 
+def test_apply_checks_the_recorded_call_order_on_check_inputs(tmp_path):
+    """An artifact whose sites were recorded on 8-token inputs, applied with 4-token check inputs: one line, no change."""
+    from test_discovery import Windowed
+
+    from lincompress.target import Target
+
+    torch.manual_seed(0)
+    model = Windowed().eval()
+    target = Target(model=model, example_inputs=lambda b: {"x": torch.randn(b, 8, 16)})
+    Pipeline([passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(target_linear=0.5), passes.Fix(),
+              passes.Save(tmp_path / "art")]).run(target)
+    fresh = copy.deepcopy(model)
+    classes = [type(m) for m in fresh.modules()]
+    with pytest.raises(ArtifactError, match=r"recorded attention sites do not fit this model's forward: attn made 1 "
+                                            r"attention calls in one forward, but discovery recorded 2") as exc:
+        lincompress.apply(fresh, tmp_path / "art", check_inputs={"x": torch.randn(1, 4, 16)})
+    assert "\n" not in str(exc.value)
+    assert [type(m) for m in fresh.modules()] == classes and not iter_sites(fresh)  # left exactly as it was
+    rebuilt = lincompress.apply(fresh, tmp_path / "art", check_inputs=target.inputs(1))  # matching inputs: fine
+    assert len(iter_sites(rebuilt)) == 1  # the fixed linear site
+
+
 def test_apply_refuses_a_different_base_model(saved):
     *_, out = saved
     other = ZOO["handwritten"].build().model
