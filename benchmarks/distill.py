@@ -78,13 +78,13 @@ def _training(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed, "device": args.device, "lr": args.lr, "compare_without_recovery": False}
 
 
-def _distill(args: argparse.Namespace, objective: str, steps: int, work: Path, resume: bool = False,
-             cache: Path | None = None):
+def _distill(args: argparse.Namespace, objective: str, steps: int, work: Path):
+    """The stage; after a forked stage 1 it reuses that stage's teacher cache (``state.outputs["cache_dir"]``)."""
     from lincompress import passes
 
     return passes.Distill(student_steps=args.student_steps, distill_objective=objective, distill_steps=steps,
                           distill_lr=args.distill_lr, fake_lr=args.fake_lr, fake_updates=args.fake_updates,
-                          distill_regression=args.regression, work_dir=work, resume=resume, cache_dir=cache,
+                          distill_regression=args.regression, work_dir=work,
                           progress=False, **_training(args))
 
 
@@ -97,8 +97,8 @@ def _stage1(target_linear: float, args: argparse.Namespace, scratch: Path):
     pipeline = Pipeline([
         passes.FindAttention(), passes.Hybridize(feature_map=args.feature_map),
         passes.SelectiveTransfer(target_linear=target_linear),
-        passes.Recover(objective="adm", steps=args.stage1_steps, work_dir=work, resume=args.work is not None,
-                       progress=False, **_training(args)),
+        passes.Recover(objective="adm", steps=args.stage1_steps, work_dir=work,
+                       resume="auto" if args.work is not None else False, progress=False, **_training(args)),
     ])
     return pipeline.run(load_target(args.model)), work
 
@@ -139,13 +139,13 @@ def run_rows(rows: list[str], target_linear: float | None, args: argparse.Namesp
             else:
                 if stage1 is None:
                     stage1 = _stage1(target_linear, args, scratch)
-                state1, work1 = stage1
+                state1, _ = stage1
                 state = _fork(state1)
                 steps = []
                 if row == "stage1-4":
                     steps.append(_distill(args, "dmd2", 0, scratch / tag / "work"))
                 elif row in ("adm", "dmd2"):
-                    steps.append(_distill(args, row, args.distill_steps, scratch / tag / "work", cache=work1))
+                    steps.append(_distill(args, row, args.distill_steps, scratch / tag / "work"))
                 state = Pipeline([*steps, passes.Fix(), passes.Save(art, overwrite=True)]).run(state)
             synchronize()
             seconds = time.perf_counter() - start

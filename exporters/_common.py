@@ -42,11 +42,11 @@ class ExportSource:
         return cls(state.model, state.target, sampler=sampler)
 
     @classmethod
-    def from_artifact(cls, artifact_dir: str | Path) -> "ExportSource":
-        """The artifact's model, built from its recorded model.py: read, hashed and built once."""
+    def from_artifact(cls, artifact_dir: str | Path, model: str | Path | None = None) -> "ExportSource":
+        """The artifact's model, built from ``model`` (default: its recorded model.py): read, hashed and built once."""
         from lincompress.artifacts import open_artifact
 
-        artifact, target = open_artifact(artifact_dir)  # validates format, checksum and base-model identity
+        artifact, target = open_artifact(artifact_dir, model)  # validates format, checksum and base-model identity
         sampler = artifact.sampler
         return cls(target.model.eval(), target, Path(artifact_dir), sampler.to_dict() if sampler is not None else None)
 

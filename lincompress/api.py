@@ -16,21 +16,23 @@ options as flags.
 from __future__ import annotations
 
 import difflib
+import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from lincompress.artifacts import check_out_dir
 from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, field_default
 from lincompress.distill_config import DistillConfig, DistillFields
 from lincompress.errors import LinCompressError
+from lincompress.outputs import WORK_DIR  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
 from lincompress.pipeline import Pipeline, State
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
 from lincompress.selection import HEURISTICS
 from lincompress.target import Target, TargetOptions, configure_target
 
 SELECTIONS: tuple[str, ...] = ("learned", *HEURISTICS, "greedy")
-WORK_DIR = ".lincompress-work"  # inside out_dir: teacher cache, checkpoints, metrics (what resume continues)
 _SET_BY_SELECT = ("strategy", "sites")  # SelectConfig fields that `select` decides
 
 
@@ -131,7 +133,8 @@ def _distillation(options: dict[str, Any], steps: int) -> bool:
 
 def compress(
     target: Target | str | Path, *, out_dir: str | Path | None = None, select: str | list[str] | None = None,
-    resume: bool = False, overwrite: bool = False, progress: bool = True, **options: Any,
+    resume: bool | str = False, overwrite: bool = False, keep_work: bool = False, progress: bool = True,
+    **options: Any,
 ) -> State:
     """The standard recipe: find -> hybridize -> select (+ recover) (+ distill) -> fix (-> save + report).
 
@@ -141,7 +144,11 @@ def compress(
         of site names.
     out_dir: write the artifact (and the recovery report) there; training state lives in
         ``out_dir/.lincompress-work`` (the distillation stage's in its ``distill/``), so
-        ``resume=True`` continues an interrupted run in the stage it was in.
+        ``resume=True`` continues an interrupted run in the stage it was in (an error when
+        there is nothing to continue; ``resume="auto"`` continues one if there is one, else
+        starts). ``overwrite=True`` starts over, replacing what an earlier run wrote.
+    keep_work: keep the work directory (checkpoints, teacher cache) after success; by default
+        only the artifact and report remain.
     options: fields of the pass configs (see the module docstring), e.g. ``target_linear=0.7,
         objective="adm", steps=2000, feature_map="relu", lr=1e-5``; ``student_steps=4`` adds the
         few-step distillation stage (``passes.Distill``, trained for ``distill_steps`` [default:
@@ -157,6 +164,9 @@ def compress(
     distill = _distillation(options, steps)
     if steps == 0:
         options.pop("steps", None)  # the switch that leaves recovery out, not a recovery option
+        if resume is True and not (distill and options.get("distill_steps")):
+            raise ArgumentError("{} continues an interrupted training run, and this run trains nothing ({})",
+                                Arg("resume", True), Arg("steps", 0))
     select = _check_select(select, steps)
     label = _selection_label(select)
     used = ["target", "discovery", "hybridization", label] + (["recovery"] if steps > 0 else []) + (["distillation"] if distill else [])
@@ -165,21 +175,33 @@ def compress(
                          _selection_pass(select, opts, label)]
     if steps > 0:
         work_dir = Path(out_dir) / WORK_DIR if out_dir is not None else None
-        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"]))
+        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, overwrite=overwrite, progress=progress,
+                                     **opts["recovery"]))
     if distill:
         opts["distillation"].setdefault("distill_steps", steps)  # default: as many steps as recovery
         work_dir = Path(out_dir) / WORK_DIR / "distill" if out_dir is not None else None
-        recipe.append(passes.Distill(work_dir=work_dir, resume=resume, progress=progress, **opts["distillation"]))
+        # resume=True continues the stage the run was in: an earlier stage's checkpoint means this one may not have begun
+        later = ("auto" if resume else False) if steps > 0 else resume
+        recipe.append(passes.Distill(work_dir=work_dir, resume=later, overwrite=overwrite, progress=progress,
+                                     **opts["distillation"]))
     recipe.append(passes.Fix())
     if out_dir is not None:
-        recipe += [passes.Save(out_dir, overwrite=overwrite or resume), passes.Report(out_dir)]
+        replace = overwrite or bool(resume)
+        check_out_dir(out_dir, replace)  # before the model is even built
+        recipe += [passes.Save(out_dir, overwrite=replace), passes.Report(out_dir, overwrite=replace)]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
-    return pipeline.run(configure_target(target, _target_options(opts)))
+    state = pipeline.run(configure_target(target, _target_options(opts)))
+    if out_dir is not None and not keep_work:  # done: checkpoints and caches only served a resume
+        shutil.rmtree(Path(out_dir) / WORK_DIR, ignore_errors=True)
+        for gone in ("recovery_dir", "distill_dir", "cache_dir"):
+            state.outputs.pop(gone, None)
+    return state
 
 
 def recover(
     model: nn.Module, target: Target | str | Path, *, select: str | list[str] = "learned",
-    work_dir: str | Path | None = None, resume: bool = False, progress: bool = True, **options: Any,
+    work_dir: str | Path | None = None, resume: bool | str = False, overwrite: bool = False, progress: bool = True,
+    **options: Any,
 ) -> State:
     """Train the hybrid ``model`` against ``target.model`` (the original, the teacher), in place.
 
@@ -190,7 +212,8 @@ def recover(
     ``RecoveryConfig``, of the selection's config (``target_linear``, ``steps``,
     ``objective``, ``lr``, ...) and of ``TargetOptions`` (``guidance_scale``, ``prompts_file``...). The returned ``State`` has ``.selection`` (the sites that
     became linear: fix them with ``passes.Fix`` or a second ``mto.apply_mode``), ``.metrics``
-    and ``.modified_parameters``; ``.model`` is ``model``, trained.
+    and ``.modified_parameters``; ``.model`` is ``model``, trained. ``work_dir``, ``resume``,
+    ``overwrite``: as for ``passes.Recover``.
     """
     from lincompress import passes
 
@@ -199,7 +222,8 @@ def recover(
     label = _selection_label(select)
     opts = _dispatch(options, ["target", label, "recovery"], (Arg("select", select),))
     recipe = [_selection_pass(select, opts, label),
-              passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"])]
+              passes.Recover(work_dir=work_dir, resume=resume, overwrite=overwrite, progress=progress,
+                             **opts["recovery"])]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
     target = configure_target(target, _target_options(opts))
     if model is target.model:

@@ -5,7 +5,8 @@ the original model and fixed hybrids at several targets (or an artifact's model)
 run; the building blocks are used by ``benchmarks/e2e.py`` too. Timing follows the usual rules
 for asynchronous devices: warm up first (module load, ``torch.compile``, autotuning and
 allocator growth stay out of the numbers), then time each repetition on its own and
-report the median. On CUDA a repetition is timed with CUDA events and peak memory is
+report the median with its spread (min-max and quartiles; a warning when the middle half of
+the timings spans more than 10 % of the median, since then speed-ups are noise). On CUDA a repetition is timed with CUDA events and peak memory is
 ``torch.cuda.max_memory_allocated`` over one call; on CPU the host clock is used and
 memory is reported as unavailable (``None``), since an RSS delta mostly measures the
 allocator, not the model.
@@ -24,6 +25,7 @@ import math
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,13 +39,14 @@ from lincompress.attention import SITES_ATTR, detach_sites, iter_sites
 from lincompress.config import Arg, ArgumentError, PassConfig, config_fields, feature_map_option, literal, option
 from lincompress.devices import DTYPES, resolve_device, resolve_dtype
 from lincompress.discovery import SiteInfo
-from lincompress.errors import LinCompressError
+from lincompress.errors import LinCompressError, LinCompressWarning
 from lincompress.rewrite import fix_model, hybridize_model
 from lincompress.selection import HEURISTICS, heuristic_selection
 from lincompress.target import Target, TargetOptions, load_target
 
 __all__ = ["DTYPES", "BenchConfig", "Row", "Timing", "bench", "resolve_device", "resolve_dtype", "time_call"]
 DEFAULT_TARGETS = "0.5,0.7,1.0"
+REPORT_FORMAT = "lincompress-bench"  # marks the JSON report, so a re-run replaces only a report of ours
 
 
 # --------------------------------------------------------------------------- parsing user options
@@ -72,9 +75,17 @@ def parse_targets(text: str) -> list[float]:
 # --------------------------------------------------------------------------- timing and memory
 
 
+WIDE_SPREAD = 0.10  # interquartile range / median above which timings are too noisy to compare
+
+
 @dataclass
 class Timing:
-    """Milliseconds per call: median (the reported number) and spread over ``reps`` timed calls."""
+    """Milliseconds per call over ``reps`` timed calls: the median (the reported number) and the spread.
+
+    ``q1_ms`` / ``q3_ms`` are the quartiles; ``spread`` = (q3 - q1) / median, the relative width of
+    the middle half of the timings. Above ``WIDE_SPREAD`` a number is not a measurement of the
+    model so much as of whatever else the machine was doing.
+    """
 
     median_ms: float
     min_ms: float
@@ -83,9 +94,31 @@ class Timing:
     warmup: int
     first_call_s: float  # wall time of the first warm-up call (includes compilation, if any)
     peak_memory_bytes: int | None = None  # CUDA: max_memory_allocated over the timed calls (weights included)
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+
+    @classmethod
+    def of(cls, samples: list[float], warmup: int, first_call_s: float, peak_memory_bytes: int | None = None) -> Timing:
+        """The statistics of ``samples`` (milliseconds, one per timed call)."""
+        if len(samples) >= 2:
+            q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        else:
+            q1 = q3 = samples[0]
+        return cls(median_ms=statistics.median(samples), min_ms=min(samples), max_ms=max(samples), reps=len(samples),
+                   warmup=warmup, first_call_s=first_call_s, peak_memory_bytes=peak_memory_bytes, q1_ms=q1, q3_ms=q3)
+
+    @property
+    def spread(self) -> float:
+        if self.q1_ms is None or self.q3_ms is None or self.median_ms <= 0:
+            return 0.0
+        return (self.q3_ms - self.q1_ms) / self.median_ms
+
+    @property
+    def wide(self) -> bool:
+        return self.spread > WIDE_SPREAD
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {**asdict(self), "spread": round(self.spread, 4)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -127,10 +160,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, reps
             start = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - start) * 1e3)
-    return Timing(
-        median_ms=statistics.median(samples), min_ms=min(samples), max_ms=max(samples), reps=reps,
-        warmup=max(0, warmup), first_call_s=first_call_s, peak_memory_bytes=peak,
-    )
+    return Timing.of(samples, max(0, warmup), first_call_s, peak)
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
@@ -409,18 +439,37 @@ class Row:
         return data
 
 
+def speedup_range(base: Timing, row: Timing) -> tuple[float, float]:
+    """The speed-up between the quartiles: slowest base quartile over the row's fastest, and the reverse."""
+    return base.q1_ms / row.q3_ms, base.q3_ms / row.q1_ms
+
+
 def fill_speedups(rows: list[Row]) -> None:
-    """Speed-ups of every row against the first one (the original)."""
+    """Speed-ups of every row against the first one (the original): medians, and their quartile range."""
     if not rows:
         return
     base = rows[0]
     for row in rows:
         if base.forward and row.forward:
             row.speedup_forward = base.forward.median_ms / row.forward.median_ms
+            row.extra["speedup_forward_range"] = [round(x, 4) for x in speedup_range(base.forward, row.forward)]
         if base.sampling and row.sampling:
             row.speedup_sampling = base.sampling.median_ms / row.sampling.median_ms
+            row.extra["speedup_sampling_range"] = [round(x, 4) for x in speedup_range(base.sampling, row.sampling)]
         if base.step_ms and row.step_ms:
             row.speedup_step = base.step_ms / row.step_ms
+
+
+def spread_warnings(rows: list[Row]) -> list[str]:
+    """One line naming every timing whose middle half spans more than ``WIDE_SPREAD`` of its median (none: [])."""
+    wide = [f"{row.variant} {what} ({timing.spread:.0%})" for row in rows
+            for what, timing in (("forward", row.forward), ("sampling", row.sampling))
+            if timing is not None and timing.wide]
+    if not wide:
+        return []
+    return [f"timings spread wide (interquartile range > {WIDE_SPREAD:.0%} of the median): {', '.join(wide)}; the "
+            "machine was busy or the calls are too short, so these speed-ups are unreliable: re-run on an idle machine "
+            "with more repetitions"]
 
 
 def format_memory(num_bytes: int | None) -> str:
@@ -435,6 +484,14 @@ def format_ms(ms: float | None) -> str:
     if ms is None:
         return "-"
     return f"{ms:,.1f}" if ms >= 10 else f"{ms:.3f}"
+
+
+def format_timing(timing: dict[str, Any] | None) -> str:
+    """``median ±h%`` of a row's timing dict (h: half the interquartile range), ``!`` marking a wide spread."""
+    if not timing:
+        return "-"
+    spread = timing.get("spread", 0.0)
+    return f"{format_ms(timing['median_ms'])} ±{spread / 2:.0%}" + ("!" if spread > WIDE_SPREAD else "")
 
 
 def format_speedup(x: float | None) -> str:
@@ -601,13 +658,18 @@ def bench(target: Target | str | Path, *, artifact: str | Path | None = None,
         rows.append(row)
         release_memory(dev)
     fill_speedups(rows)
+    noisy = spread_warnings(rows)
+    for line in noisy:
+        warnings.warn(LinCompressWarning(line), stacklevel=2)
     if config.steps > 0:
         _, settings["sampler"] = make_sampler(original, kwargs, target.latent_key, target.timestep_key,
                                               target.scheduler, config.steps)
     return {
+        "format": REPORT_FORMAT,
         "model": target.name,
         "model_py": model_py or target.extras.get("source"),
         "environment": environment(dev),
         "settings": settings,
         "rows": [r.to_dict() for r in rows],
+        "warnings": noisy,
     }

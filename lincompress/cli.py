@@ -3,7 +3,8 @@
 Each subcommand lives in its own module under ``lincompress/commands`` and exposes a
 click command named ``command``; this file only collects them. User errors
 (``LinCompressError``, and click's own usage errors) print as one line and exit 2, never
-as a traceback; an ``ArgumentError`` is printed with the subcommand's flag names.
+as a traceback; an ``ArgumentError`` is printed with the subcommand's flag names. A
+``LinCompressWarning`` prints as one ``warning:`` line (an ``ArgumentWarning`` with flag names).
 """
 
 from __future__ import annotations
@@ -11,32 +12,47 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import warnings
 
 import click
 
 import lincompress.commands as commands_pkg
 from lincompress.commands._options import flag_names
-from lincompress.config import ArgumentError, default_flag
-from lincompress.errors import LinCompressError
+from lincompress.config import ArgumentError, ArgumentWarning, default_flag
+from lincompress.errors import LinCompressError, LinCompressWarning
 
 
 class _FriendlyGroup(click.Group):
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except ArgumentError as exc:
+        def flag_of(name: str) -> str:  # the subcommand is known once super().invoke has parsed it
             sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-            flags = flag_names(sub) if sub is not None else {}
-            self._fail(exc.render(lambda name: flags.get(name) or default_flag(name)))
+            return (flag_names(sub) if sub is not None else {}).get(name) or default_flag(name)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", LinCompressWarning)
+                shown = warnings.showwarning
+
+                def show(message, category, *args, **kwargs):  # ours: one yellow line, with flags
+                    if not issubclass(category, LinCompressWarning):
+                        return shown(message, category, *args, **kwargs)
+                    text = message.render(flag_of) if isinstance(message, ArgumentWarning) else str(message)
+                    click.secho(f"warning: {' '.join(text.split())}", fg="yellow", err=True)
+
+                warnings.showwarning = show
+                return super().invoke(ctx)
+        except ArgumentError as exc:
+            self._fail(exc.render(flag_of), getattr(exc, "exit_code", 2))
         except LinCompressError as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), getattr(exc, "exit_code", 2))
         except click.UsageError as exc:
             self._fail(exc.format_message())
 
     @staticmethod
-    def _fail(message: str) -> None:
+    def _fail(message: str, code: int = 2) -> None:
+        """One red line; exit 2 (bad input), or 128 + N for a run stopped by signal N (the shell's convention)."""
         click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(code)
 
 
 @click.group(cls=_FriendlyGroup)

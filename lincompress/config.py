@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass
 from typing import Any, ClassVar, TypeVar, Union
 
-from lincompress.errors import LinCompressError
+from lincompress.errors import LinCompressError, LinCompressWarning
 
 _NO_VALUE: Any = object()
 
@@ -59,10 +59,10 @@ class Arg:
         return f"{flag} {os.fspath(self.value) if isinstance(self.value, os.PathLike) else self.value}"
 
 
-class ArgumentError(LinCompressError):
-    """A bad argument value: ``{}`` placeholders in ``template`` are filled with the ``Arg``s.
+class _ArgumentText:
+    """A message naming arguments: ``{}`` placeholders in ``template`` are filled with the ``Arg``s.
 
-    ``str(error)`` speaks Python (``steps=-1 must be >= 0``); ``error.render(flag_of)``
+    ``str(message)`` speaks Python (``steps=-1 must be >= 0``); ``message.render(flag_of)``
     speaks the command line (``--steps -1 must be >= 0``), ``flag_of`` mapping an argument
     name to its flag.
     """
@@ -74,6 +74,14 @@ class ArgumentError(LinCompressError):
 
     def render(self, flag_of: Callable[[str], str]) -> str:
         return self.template.format(*(a.flag(flag_of(a.name)) for a in self.arguments))
+
+
+class ArgumentError(_ArgumentText, LinCompressError):
+    """A bad argument value (see ``_ArgumentText`` for the Python / flag renderings)."""
+
+
+class ArgumentWarning(_ArgumentText, LinCompressWarning):
+    """A valid argument that probably does not do what was meant, e.g. a target that rounds to 0 sites."""
 
 
 def literal(text: Any) -> str:

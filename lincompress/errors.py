@@ -19,3 +19,7 @@ class TraceError(LinCompressError):
 
 class ArtifactError(LinCompressError):
     """Missing, corrupt or mismatched artifact directory."""
+
+
+class LinCompressWarning(UserWarning):
+    """A result that is valid but probably not what was meant; the CLI prints it as one ``warning:`` line."""

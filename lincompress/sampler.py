@@ -85,7 +85,10 @@ class SamplerConfig:
             raise SamplerError(f"unknown sampler solver {self.solver!r}; this lincompress knows {', '.join(SOLVERS)}")
         if not isinstance(self.guidance, GuidanceConfig):
             raise SamplerError(f"sampler guidance must be a GuidanceConfig, got {type(self.guidance).__name__}")
-        object.__setattr__(self, "num_train_timesteps", float(self.num_train_timesteps))
+        n = self.num_train_timesteps
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+            raise SamplerError(f"a sampler's num_train_timesteps must be a positive number, got {n!r}")
+        object.__setattr__(self, "num_train_timesteps", float(n))
 
     @property
     def timesteps(self) -> tuple[float, ...]:

@@ -8,10 +8,12 @@ needs the model.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lincompress.config import Arg, ArgumentError, option
+from lincompress.config import Arg, ArgumentError, ArgumentWarning, option
 from lincompress.errors import LinCompressError
 
 if TYPE_CHECKING:
@@ -35,7 +37,28 @@ def check_target(target_linear: float) -> float:
 
 
 def num_linear(target_linear: float, num_sites: int) -> int:
-    return int(round(check_target(target_linear) * num_sites))
+    """K = round(target_linear * num_sites); warns when rounding makes a nonzero target 0 sites or a partial one all."""
+    k = int(round(check_target(target_linear) * num_sites))
+    if num_sites and 0 < target_linear and k == 0:
+        warnings.warn(ArgumentWarning(
+            f"{{}} makes 0 of {num_sites} candidate attention sites linear (it rounds down): nothing changes; "
+            f"{{}} or more makes 1 linear", Arg("target_linear", target_linear), Arg("target_linear", _up(1 / num_sites))),
+            stacklevel=2)
+    elif num_sites > 1 and target_linear < 1 and k == num_sites:
+        warnings.warn(ArgumentWarning(
+            f"{{}} makes all {num_sites} candidate attention sites linear (it rounds up), the first and last layers "
+            f"too; {{}} or less keeps one softmax", Arg("target_linear", target_linear),
+            Arg("target_linear", _down((num_sites - 1) / num_sites))), stacklevel=2)
+    return k
+
+
+def _up(x: float) -> float:
+    """``x`` rounded up to 3 decimals (a target at least as large: a suggestion that really gives the count)."""
+    return math.ceil(x * 1000) / 1000
+
+
+def _down(x: float) -> float:
+    return math.floor(x * 1000) / 1000
 
 
 def heuristic_selection(candidates: Sequence[SiteInfo | str], target_linear: float, strategy: str) -> list[str]:

@@ -443,7 +443,7 @@ def load_target(path: str | Path, options: TargetOptions | None = None) -> Targe
     if isinstance(built, Target):
         target = options.apply(built) if options is not None else built
     elif hasattr(built, "transformer") and hasattr(built, "scheduler"):
-        target = target_from_pipeline(built, name=path.parent.name, **(options.pipeline_kwargs() if options else {}))
+        target = target_from_pipeline(built, name=_default_name(path), **(options.pipeline_kwargs() if options else {}))
         if options is not None and options.given():
             target.extras["target_options"] = options  # what an artifact records to rebuild this target
     else:
@@ -451,7 +451,16 @@ def load_target(path: str | Path, options: TargetOptions | None = None) -> Targe
             f"{path}: build() returned {type(built).__name__}; return lincompress.Target(model=..., example_inputs=...) "
             "or a diffusers pipeline"
         )
-    if target.name == "model":
-        target.name = path.parent.name or path.stem
+    if target.name == "model" or not target.name:
+        target.name = _default_name(path)
     target.extras.setdefault("source", str(path.resolve()))
     return target
+
+
+def _default_name(path: Path) -> str:
+    """A model's name from where its model.py lives: ``examples/tiny_wan/model.py`` -> ``tiny_wan``.
+
+    Resolved first, so a bare ``model.py`` is named after the current directory, never "".
+    """
+    resolved = path.resolve()
+    return resolved.parent.name or resolved.stem or "model"

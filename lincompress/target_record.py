@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from lincompress import atomic
+from lincompress.artifacts import PROMPTS_FILE, Artifact, read_manifest
 from lincompress.errors import ArtifactError, LinCompressError
 from lincompress.guidance import GuidanceConfig, student_guidance_of
 from lincompress.prompts import check_prompts, prompt_set_hash
 from lincompress.target import Target, TargetOptions
-
-PROMPTS_FILE = "prompts.json"
 
 
 def target_record(target: Target, recipe: list[Any], out_dir: Path) -> dict[str, Any]:
@@ -71,8 +70,6 @@ def recorded_options(artifact: Any, **overrides: Any) -> TargetOptions:
     fields; those that are not None replace the recorded ones (new prompts replace the
     recorded prompt set). Artifacts made before this record was kept give the overrides alone.
     """
-    from lincompress.artifacts import Artifact, read_manifest
-
     if isinstance(artifact, Artifact):
         path, manifest = Path(artifact.path), artifact.manifest
     else:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lincompress.distill_config import DistillConfig
+from lincompress.config import Arg, ArgumentError
 from lincompress.errors import LinCompressError
 from lincompress.guidance import GuidanceConfig
 from lincompress.pipeline import RecordedPass, State, declare_fact
@@ -34,26 +35,34 @@ declare_fact("distilled", "a few-step distilled student", "passes.Distill(studen
 
 
 class Distill(RecordedPass):
-    """``Distill(student_steps=4, distill_objective="dmd2", *, work_dir=None, resume=False, progress=True, **fields)``.
+    """``Distill(student_steps=4, distill_objective="dmd2", *, work_dir=None, resume=False, overwrite=False,
+    progress=True, **fields)``.
 
     Fields: ``DistillConfig`` (the stage's own, then RecoveryConfig's training fields).
     ``work_dir`` holds the stage's checkpoints, metrics and report (default: a fresh
-    temporary directory); ``cache_dir`` the teacher trajectories and prompt embeddings
-    (default: the preceding Recover's work directory, so they are built once). Neither is
-    recorded, nor are ``resume`` and ``progress``.
+    temporary directory, whose checkpoints are deleted after success). The teacher
+    trajectories and prompt embeddings live in ``cache_dir`` (a shared directory, as for
+    Recover) or else in the preceding Recover's work directory, so they are built once.
+    ``resume`` and ``overwrite`` are Recover's (``False`` / ``True`` / ``"auto"``). None of
+    these is recorded.
     """
 
     name = "distill"
     config_class = DistillConfig
     before = ("fixed",)
 
-    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-                 cache_dir: str | Path | None = None, config: DistillConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool | str = False,
+                 overwrite: bool = False, progress: bool = True, config: DistillConfig | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, config=config, **kwargs)
+        from lincompress.recovery.trainer import check_resume
+
         self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.resume = resume
-        self.progress = progress
+        self.resume = check_resume(resume)
+        if self.resume is True and self.work_dir is None:
+            raise ArgumentError("{} continues the checkpoint in a {}; give the one the earlier run used",
+                                Arg("resume", True), Arg("work_dir"))
+        self.overwrite, self.progress = overwrite, progress
 
     @property
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -64,9 +73,14 @@ class Distill(RecordedPass):
         return ("selection", "distilled")
 
     def check(self, state: State) -> None:
+        from lincompress.outputs import check_location
         from lincompress.recovery.sampling import check_flow_scheduler
 
         check_flow_scheduler(state.target.scheduler)
+        if self.work_dir is not None:
+            check_location(self.work_dir, "work_dir")
+        if self.config.cache_dir is not None:
+            check_location(self.config.cache_dir, "cache_dir")
 
     def convert(self, model: nn.Module, config: DistillConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
         from lincompress.recovery.sampling import few_step_grid, num_train_timesteps, timestep_shift
@@ -93,13 +107,15 @@ class Distill(RecordedPass):
         from lincompress.recovery.trainer import Trainer
 
         work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="lincompress-distill-"))
-        cache_dir = self.cache_dir or state.outputs.get("recovery_dir") or work_dir
+        cache_dir = state.outputs.get("cache_dir") or work_dir  # Recover's caches (unless config.cache_dir is set)
         home = next(model.parameters()).device
         trainer = Trainer(state.target, model, config.recovery_config(), work_dir, selective=state.selective,
                           selection=state.selection, objective=distill_objective(config, sigmas),
                           progress=self.progress, cache_dir=cache_dir, stage="distill")
         try:
-            result = trainer.run(resume=self.resume, name=state.target.name)
+            result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
+            if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
+                trainer.discard_bulk()
         finally:
             del trainer  # frees the fake-score network before the model moves back
             model.to(home)

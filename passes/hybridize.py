@@ -22,7 +22,11 @@ class HybridizeConfig(PassConfig):
 
 
 class Hybridize(RecordedPass):
-    """``copy=True`` (default) never mutates the user's model: ``state.target.model`` stays the original."""
+    """``copy=True`` (default) never mutates the user's model: ``state.target.model`` stays the original.
+
+    One forward on ``target.inputs(1)`` checks at once that the model's attention calls are the
+    ones discovery recorded (``CallOrderError`` otherwise), rather than steps later in training.
+    """
 
     name = "hybridize"
     config_class = HybridizeConfig
@@ -34,7 +38,9 @@ class Hybridize(RecordedPass):
 
         if config.copy and model is state.target.model:
             model = copy.deepcopy(model)
-        hybridize_model(model, state.sites, config.feature_map, config.eps, config.init_score)
+        # one forward checks the recorded call order now, not steps later in training or in the saved artifact
+        hybridize_model(model, state.sites, config.feature_map, config.eps, config.init_score,
+                        check_inputs=state.target.inputs(1))
         state.feature_map = config.feature_map
         return model, {"sites": [s.to_dict() for s in state.sites]}
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lincompress import atomic
-from lincompress.config import PassConfig, option
+from lincompress.config import Arg, ArgumentError, PassConfig, option
 from lincompress.errors import LinCompressError
 from lincompress.pipeline import BasePass, RecordedPass, State
 from lincompress.recovery_config import RecoveryConfig
@@ -27,27 +27,36 @@ from lincompress.selection import mark_selection
 
 
 class Recover(RecordedPass):
-    """``Recover(objective="adm", steps=2000, *, work_dir=None, resume=False, progress=True, **RecoveryConfig fields)``.
+    """``Recover(objective="adm", steps=2000, *, work_dir=None, resume=False, overwrite=False, progress=True,
+    **RecoveryConfig fields)``.
 
     ``work_dir`` holds the teacher cache, checkpoints, metrics.jsonl and the report;
-    give one to be able to resume (default: a fresh temporary directory). ``work_dir``,
-    ``resume`` and ``progress`` say how to run, so the recipe does not record them.
+    give one to be able to resume (default: a fresh temporary directory, whose checkpoints
+    and caches are deleted after success). ``resume``: ``False`` starts (and refuses a
+    ``work_dir`` holding an earlier run's checkpoint unless ``overwrite``), ``True``
+    continues that checkpoint (an error without one), ``"auto"`` continues one if there is
+    one. These say how to run, so the recipe does not record them.
     """
 
     name = "recover"
     config_class = RecoveryConfig
 
-    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool | str = False,
+                 overwrite: bool = False, progress: bool = True,
                  config: RecoveryConfig | None = None, **kwargs: Any) -> None:
         if kwargs.get("objective_options", {}) is None:
             del kwargs["objective_options"]
         super().__init__(*args, config=config, **kwargs)
         from lincompress.recovery.objectives import make_objective
+        from lincompress.recovery.trainer import check_resume
 
         make_objective(self.config.objective, **self.config.objective_options)  # bad objective settings fail now
         self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.resume = resume
-        self.progress = progress
+        self.resume = check_resume(resume)
+        if self.resume is True and self.work_dir is None:
+            raise ArgumentError("{} continues the checkpoint in a {}; give the one the earlier run used",
+                                Arg("resume", True), Arg("work_dir"))
+        self.overwrite, self.progress = overwrite, progress
 
     @property
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -59,9 +68,14 @@ class Recover(RecordedPass):
 
     def check(self, state: State) -> None:
         if self.config.steps > 0:
+            from lincompress.outputs import check_location
             from lincompress.recovery.sampling import check_flow_scheduler
 
             check_flow_scheduler(state.target.scheduler)
+            if self.work_dir is not None:
+                check_location(self.work_dir, "work_dir")
+            if self.config.cache_dir is not None:
+                check_location(self.config.cache_dir, "cache_dir")
 
     def run(self, state: State) -> State:
         if self.config.steps == 0:
@@ -79,7 +93,11 @@ class Recover(RecordedPass):
         trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,
                           selection=state.selection, progress=self.progress)
         try:
-            result = trainer.run(resume=self.resume, name=state.target.name)
+            result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
+            if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
+                trainer.discard_bulk()
+            else:  # a later stage (Distill) reuses the teacher trajectories and prompt embeddings
+                state.outputs["cache_dir"] = work_dir
         finally:
             model.to(home)
             state.target.model.to(home)
@@ -103,10 +121,17 @@ class Recover(RecordedPass):
 @dataclass
 class ReportConfig(PassConfig):
     out_dir: str | None = option(None, cli=False, help="Where to copy the report [default: the artifact directory].")
+    overwrite: bool = option(False, cli=False, help="Replace a report lincompress wrote there (its files only).")
+
+
+DISTILL_REPORT_DIR = "distill"  # where the few-step stage's report goes, inside the report directory
 
 
 class Report(BasePass):
-    """Copy the recovery report (report.md, plots, metrics.jsonl) into the artifact directory, after Save."""
+    """Copy the recovery report (report.md, plots, metrics.jsonl) into the artifact directory, after Save.
+
+    The distillation stage's report (``passes.Distill``) goes to its ``distill/`` subdirectory.
+    """
 
     name = "report"
     config_class = ReportConfig
@@ -115,25 +140,50 @@ class Report(BasePass):
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]
         return () if self.config.out_dir is not None else ("artifact",)
 
+    def check(self, state: State) -> None:
+        if self.config.out_dir is not None:
+            self._check(self.config.out_dir)
+
+    def _check(self, out_dir: str | Path) -> None:
+        from lincompress.outputs import OutputDir
+        from lincompress.recovery.report import REPORT_FILES
+
+        names = (*REPORT_FILES, *(f"{DISTILL_REPORT_DIR}/{name}" for name in REPORT_FILES))
+        OutputDir(out_dir).check(names, replace=self.config.overwrite, what="a training report",
+                                 replace_arg=Arg("overwrite", True))
+
     def run(self, state: State) -> State:
-        source = state.outputs.get("recovery_dir")
+        from lincompress.outputs import OutputDir
+        from lincompress.recovery.report import REPORT_MD
+
+        source, distill = state.outputs.get("recovery_dir"), state.outputs.get("distill_dir")
         out_dir = self.config.out_dir or state.outputs.get("artifact")
         if out_dir is None:
             raise LinCompressError("Report needs an output directory; pass Report(out_dir) or run passes.Save first")
+        if source is None and distill is None:
+            return state  # nothing was trained: the artifact manifest says it all
+        if self.config.out_dir is None:
+            self._check(out_dir)
+        written = []
         if source is not None:
-            _copy_report(Path(source), Path(out_dir))
-            state.outputs["report"] = Path(out_dir) / "report.md"
-        distill = state.outputs.get("distill_dir")  # the few-step stage's report goes to <out_dir>/distill/
-        if distill is not None:
-            _copy_report(Path(distill), Path(out_dir) / "distill")
-            state.outputs["distill_report"] = Path(out_dir) / "distill" / "report.md"
-        return state  # nothing trained: the artifact manifest says it all
+            written += _copy_report(Path(source), Path(out_dir))
+            state.outputs["report"] = Path(out_dir) / REPORT_MD
+        if distill is not None:  # the few-step stage's report goes to <out_dir>/distill/
+            written += _copy_report(Path(distill), Path(out_dir), DISTILL_REPORT_DIR)
+            state.outputs["distill_report"] = Path(out_dir) / DISTILL_REPORT_DIR / REPORT_MD
+        OutputDir(out_dir).add(written)
+        return state
 
 
-def _copy_report(source: Path, out_dir: Path) -> None:
-    from lincompress.recovery.report import LOSS_PNG, SCORES_PNG
+def _copy_report(source: Path, out_dir: Path, sub: str = "") -> list[str]:
+    """Copy the report files ``source`` holds to ``out_dir/sub``; their paths relative to ``out_dir``."""
+    from lincompress.recovery.report import REPORT_FILES
 
-    for name in ("report.md", LOSS_PNG, SCORES_PNG, "metrics.jsonl"):
+    written = []
+    for name in REPORT_FILES:
         path = source / name
         if path.is_file():
-            atomic.atomic_write(out_dir / name, lambda tmp, p=path: shutil.copyfile(p, tmp))
+            rel = f"{sub}/{name}" if sub else name
+            atomic.atomic_write(out_dir / rel, lambda tmp, p=path: shutil.copyfile(p, tmp))
+            written.append(rel)
+    return written

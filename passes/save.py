@@ -12,7 +12,7 @@ from lincompress.pipeline import BasePass, State
 @dataclass
 class SaveConfig(PassConfig):
     out_dir: str = option(MISSING, cli="--out", help="Artifact directory to write.")
-    overwrite: bool = option(False, help="Replace an existing artifact in the output directory.")
+    overwrite: bool = option(False, help="Replace an artifact lincompress wrote in the output directory (its files only).")
 
 
 class Save(BasePass):
@@ -24,7 +24,7 @@ class Save(BasePass):
     def check(self, state: State) -> None:
         from lincompress.artifacts import check_out_dir
 
-        check_out_dir(Path(self.config.out_dir), self.config.overwrite)
+        check_out_dir(self.config.out_dir, self.config.overwrite)
 
     def run(self, state: State) -> State:
         from lincompress.artifacts import save_artifact

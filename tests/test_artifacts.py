@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +15,11 @@ from torch import nn
 
 import lincompress
 from lincompress import Pipeline, passes, registry
-from lincompress.artifacts import MANIFEST, WEIGHTS, _sha256, read_artifact, replay
+from lincompress.artifacts import MANIFEST, WEIGHTS, read_artifact, replay
+from lincompress.atomic import sha256_file as _sha256
 from lincompress.attention import iter_sites
 from lincompress.config import PassConfig, option
-from lincompress.errors import ArtifactError
+from lincompress.errors import ArtifactError, LinCompressError
 from lincompress.pipeline import RecordedPass, State
 from zoo import ZOO
 
@@ -64,6 +66,28 @@ def test_apply_rebuilds_the_fixed_model_exactly(saved):
     kwargs = target.inputs(2)
     torch.testing.assert_close(_outputs(rebuilt, kwargs), _outputs(state.model, kwargs), rtol=0, atol=0)
     assert [n for n, _ in iter_sites(rebuilt)] == state.selection
+
+
+def test_apply_checks_the_recorded_call_order_on_check_inputs(tmp_path):
+    """An artifact whose sites were recorded on 8-token inputs, applied with 4-token check inputs: one line, no change."""
+    from test_discovery import Windowed
+
+    from lincompress.target import Target
+
+    torch.manual_seed(0)
+    model = Windowed().eval()
+    target = Target(model=model, example_inputs=lambda b: {"x": torch.randn(b, 8, 16)})
+    Pipeline([passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(target_linear=0.5), passes.Fix(),
+              passes.Save(tmp_path / "art")]).run(target)
+    fresh = copy.deepcopy(model)
+    classes = [type(m) for m in fresh.modules()]
+    with pytest.raises(ArtifactError, match=r"recorded attention sites do not fit this model's forward: attn made 1 "
+                                            r"attention calls in one forward, but discovery recorded 2") as exc:
+        lincompress.apply(fresh, tmp_path / "art", check_inputs={"x": torch.randn(1, 4, 16)})
+    assert "\n" not in str(exc.value)
+    assert [type(m) for m in fresh.modules()] == classes and not iter_sites(fresh)  # left exactly as it was
+    rebuilt = lincompress.apply(fresh, tmp_path / "art", check_inputs=target.inputs(1))  # matching inputs: fine
+    assert len(iter_sites(rebuilt)) == 1  # the fixed linear site
 
 
 def test_apply_refuses_a_different_base_model(saved):
@@ -119,7 +143,7 @@ def test_corrupt_manifest(saved, tmp_path):
         read_artifact(dst)
     dst = _copy_artifact(saved[2], tmp_path, "bad-recipe")
     _rewrite_manifest(dst, lambda m: m["recipe"].append({"config": {}}))
-    with pytest.raises(ArtifactError, match="has a malformed recipe"):
+    with pytest.raises(ArtifactError, match="recipe step 4 must be an object naming its .pass.; the manifest was edited"):
         read_artifact(dst)
 
 
@@ -140,9 +164,10 @@ def test_missing_artifact(tmp_path):
 def test_save_never_clobbers_user_files(saved, tmp_path):
     _, state, out = saved
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ArtifactError, match="not empty and holds no artifact"):
+    with pytest.raises(LinCompressError, match="holds files lincompress did not write \\(notes.txt\\); choose an empty "
+                                               "or new out_dir"):
         passes.Save(tmp_path).run(state)
-    with pytest.raises(ArtifactError, match="already holds an artifact; pass overwrite=True"):
+    with pytest.raises(LinCompressError, match="already holds an artifact; pass overwrite=True"):
         passes.Save(out).run(state)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -288,7 +313,7 @@ def test_a_restore_that_fails_half_way_is_rolled_back(gain_head):
 
 
 def test_load_and_export_source_build_and_hash_once(tmp_path, repo, monkeypatch):
-    import lincompress.artifacts as artifacts_module
+    import lincompress.atomic as atomic_module
     import lincompress.fingerprint as fingerprint_module
     import lincompress.target as target_module
     from lincompress.exporters._common import ExportSource
@@ -310,9 +335,66 @@ def test_load_and_export_source_build_and_hash_once(tmp_path, repo, monkeypatch)
         return wrapper
 
     monkeypatch.setattr(target_module, "load_target", counting("build", target_module.load_target))
-    monkeypatch.setattr(artifacts_module, "_sha256", counting("sha256", artifacts_module._sha256))
+    monkeypatch.setattr(atomic_module, "sha256_file", counting("sha256", atomic_module.sha256_file))
     monkeypatch.setattr(fingerprint_module, "model_fingerprint", counting("fingerprint", fingerprint_module.model_fingerprint))
     source = ExportSource.from_artifact(out)
     assert calls == {"build": 1, "sha256": 1, "fingerprint": 1}
     assert source.model is source.target.model and [n for n, _ in iter_sites(source.model)] == state.selection
     torch.testing.assert_close(_outputs(source.model, kwargs)[0], _outputs(state.model, kwargs)[0])
+
+
+# --------------------------------------------------------------------------- portable artifacts
+
+
+def _model_py(path: Path, repo: Path, perturb: bool = False) -> Path:
+    """A model.py that builds the tiny test model (``perturb``: same architecture, other weights)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "import runpy, torch\n"
+        f"_build = runpy.run_path({str(repo / 'tests' / 'commands' / 'tiny_model.py')!r})['build']\n"
+        "def build():\n"
+        "    target = _build()\n"
+        + ("    with torch.no_grad():\n        next(target.model.parameters()).add_(0.01)\n" if perturb else "")
+        + "    return target\n")
+    return path
+
+
+def _project(root: Path, repo: Path) -> Path:
+    """A project directory with its own model.py and an artifact made from it (steps=0: no training)."""
+    lincompress.compress(str(_model_py(root / "model.py", repo)), steps=0, target_linear=0.67, out_dir=root / "out" / "art")
+    return root / "out" / "art"
+
+
+def test_model_py_is_recorded_relative_to_the_artifact_so_a_moved_project_still_loads(tmp_path, repo):
+    art = _project(tmp_path / "project", repo)
+    base = json.loads((art / MANIFEST).read_text())["base_model"]
+    assert base["source"] == "../../model.py" and base["source_absolute"] == str((tmp_path / "project" / "model.py"))
+    (tmp_path / "project").rename(tmp_path / "moved")  # the absolute path is gone, the relative one still works
+    model = lincompress.load(tmp_path / "moved" / "out" / "art")
+    assert [n for n, _ in iter_sites(model)] == json.loads((tmp_path / "moved" / "out" / "art" / MANIFEST).read_text())[
+        "selection"]
+
+
+def test_an_artifact_without_its_model_py_names_the_fix_and_checks_the_one_given(tmp_path, repo):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lincompress.cli import main
+    from lincompress.outputs import OutputDir
+
+    art = _project(tmp_path / "project", repo)
+    lonely = tmp_path / "elsewhere" / "art"
+    shutil.copytree(art, lonely)
+    shutil.rmtree(tmp_path / "project")
+    with pytest.raises(LinCompressError, match=r"model.py, which is not there any more; pass model='model.py' with "):
+        lincompress.load(lonely)
+    missing = CliRunner().invoke(main, ["export", str(lonely), "--format", "onnx"])
+    assert missing.exit_code == 2 and "pass --model model.py with the model.py it was made from" in missing.output
+    wrong = _model_py(tmp_path / "wrong.py", repo, perturb=True)
+    mismatch = CliRunner().invoke(main, ["export", str(lonely), "--format", "onnx", "--model", str(wrong)])
+    assert mismatch.exit_code == 2 and "fingerprint mismatch" in mismatch.output
+    right = _model_py(tmp_path / "model.py", repo)
+    result = CliRunner().invoke(main, ["export", str(lonely), "--format", "onnx", "--model", str(right)])
+    assert result.exit_code == 0, result.output
+    assert OutputDir(lonely).is_ours("model.onnx") and OutputDir(lonely).is_ours("model.onnx.json")  # recorded as ours

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -217,13 +216,3 @@ def test_config_errors_are_one_line():
         mto.apply_mode(copy.deepcopy(original), [("linear_attention", {"select": ["layers.0.cross_attn#0"],
                                                                         "example_inputs": inputs})])
 
-
-def test_readme_modelopt_section_runs(repo, tmp_path, monkeypatch):
-    text = (repo / "README.md").read_text()
-    section = text.split("## ModelOpt", 1)[1].split("\n## ", 1)[0]
-    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.DOTALL))
-    assert "mto.apply_mode" in code and "mtq.quantize" in code and "lincompress.recover" in code
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, "README.md (ModelOpt)", "exec"), namespace)  # noqa: S102
-    assert lm.linear_sites(namespace["model"]) == namespace["state"].selection

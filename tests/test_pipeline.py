@@ -76,7 +76,7 @@ def test_order_is_checked_before_anything_runs():
 def test_preflight_checks_run_before_anything(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     spy = _Spy()
-    with pytest.raises(LinCompressError, match="is not empty and holds no artifact; choose an empty or new out_dir"):
+    with pytest.raises(LinCompressError, match=r"holds files lincompress did not write \(notes.txt\); choose an empty or new out_dir"):
         Pipeline([spy, passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(), passes.Fix(),
                   passes.Save(tmp_path)]).run(ZOO["handwritten"].build())
     assert not spy.ran

@@ -34,6 +34,8 @@ def test_the_record_round_trips_and_refuses_malformed_grids():
                        ({"steps": 2, "sigmas": [1.0, 1.0, 0.0]}, "strictly decreasing"),
                        ({"steps": 1, "sigmas": [1.0, 0.0], "solver": "heun"}, "unknown sampler solver"),
                        ({"steps": 1, "sigmas": [1.0, 0.0], "shift": 3}, "unknown sampler setting 'shift'"),
+                       ({"steps": 1, "sigmas": [1.0, 0.0], "num_train_timesteps": None}, "positive number"),
+                       ({"steps": 1, "sigmas": [1.0, 0.0], "num_train_timesteps": [1000]}, "positive number"),
                        ({"sigmas": [1.0, 0.0]}, "lacks 'steps'")]:
         with pytest.raises(SamplerError, match=match) as err:
             SamplerConfig.from_dict(bad)

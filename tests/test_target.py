@@ -164,3 +164,30 @@ def test_model_py_returning_a_pipeline_gets_prompts_guidance_and_resolution(tmp_
     assert target.latent_shape == (4, 2, 4, 4) and target.resolution.tokens == 8 and resolution_warning(target) is None
     assert target.inputs(1)["encoder_hidden_states"].shape == (1, 8, 16)
     assert target.extras["pipeline"] == "WanPipeline" and target.name == tmp_path.name
+
+
+def test_a_bare_relative_model_py_is_named_after_its_directory(tmp_path, monkeypatch, repo):
+    """``lincompress inspect model.py`` run where model.py lives: the name must not be empty ("": 8 sites)."""
+    import shutil
+
+    project = tmp_path / "my_dit"
+    project.mkdir()
+    shutil.copy(repo / "tests" / "commands" / "tiny_model.py", project / "model.py")
+    (project / "model.py").write_text((project / "model.py").read_text().replace(
+        'name="tiny-dit"', 'name="model"').replace(
+        "TESTS = Path(__file__).resolve().parents[1]", f"TESTS = Path({str(repo / 'tests')!r})"))
+    monkeypatch.chdir(project)
+    assert load_target("model.py").name == "my_dit"
+    assert load_target("./model.py").name == "my_dit"
+    pipeline = tmp_path / "my_pipeline"
+    pipeline.mkdir()
+    _write(pipeline, f"""
+        import sys
+        sys.path.insert(0, {str(repo / "tests")!r})
+        from pipelines import wan
+
+        def build():
+            return wan().pipe
+    """)
+    monkeypatch.chdir(pipeline)
+    assert load_target("model.py").name == "my_pipeline"  # was "" for a pipeline

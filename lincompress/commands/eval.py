@@ -36,13 +36,14 @@ def command(model_py: str, artifact: str, samples: int, steps: int, seed: int, b
     import torch
 
     from lincompress.evaluation import evaluate
-    from lincompress.evaluation.runner import guidance_line
+    from lincompress.evaluation.runner import check_eval_out, guidance_line
     from lincompress.guidance import guidance_of
     from lincompress.target import load_target
     from lincompress.target_record import recorded_options
 
     console = Console()
     flags = pop_target_options(options)
+    check_eval_out(artifact, out_dir)  # before the model is built
     target = load_target(model_py, recorded_options(artifact, **flags))
     guidance = guidance_of(artifact).updated(scale=flags.get("guidance_scale"), student=student_guidance)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

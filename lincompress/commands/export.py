@@ -17,11 +17,13 @@ target is the normal split, and a failing status would break such scripts. Pass
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
 from lincompress.errors import LinCompressError
+from lincompress.outputs import OutputDir
 
 FORMATS = ("onnx", "tensorrt", "aoti")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -51,8 +53,11 @@ def _parse_profiles(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--strongly-typed", is_flag=True, help="TensorRT: export the ONNX in --precision and build a strongly typed network.")
 @click.option("--require-engine", is_flag=True, help="TensorRT: fail (exit 2) when no engine can be built here.")
 @click.option("--static", "static", is_flag=True, help="Export with the example's fixed shapes (no dynamic axes).")
+@click.option("--model", "model", type=click.Path(dir_okay=False), default=None,
+              help="The model.py the artifact was made from [default: the one it records]; its fingerprint is checked.")
 def command(out_dir: str, fmt: str, decompose: bool, precision: str | None, opset: int | None, device: str,
-            profiles: tuple[str, ...], strongly_typed: bool, require_engine: bool, static: bool) -> None:
+            profiles: tuple[str, ...], strongly_typed: bool, require_engine: bool, static: bool,
+            model: str | None) -> None:
     """Export the fixed model in artifact OUT_DIR as ONNX, a TensorRT engine, or an AOTInductor package."""
     import torch
 
@@ -65,9 +70,28 @@ def command(out_dir: str, fmt: str, decompose: bool, precision: str | None, opse
     if profiles and fmt != "tensorrt":
         raise LinCompressError("--profile applies to --format tensorrt only")
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    outputs = OutputDir(out, None)
+    outputs.check(_files(fmt, device), replace=True, what=f"a {fmt} export")  # before any work
     with console.status(f"loading {out}"):
-        source = ExportSource.from_artifact(out)
+        source = ExportSource.from_artifact(out, model)
+    with outputs.recording():  # replaces our earlier export of this format, never a file we did not write
+        _export(console, out, source, fmt, decompose, precision, opset, device, profiles, strongly_typed,
+                require_engine, static, dtypes)
 
+
+def _files(fmt: str, device: str) -> tuple[str, ...]:
+    """What an export of ``fmt`` may write into the artifact directory (``dir/``: everything under it)."""
+    if fmt == "onnx":
+        return ("model.onnx", "model.onnx.data", "model.onnx.json")
+    if fmt == "aoti":
+        stem = "model" if device == "cpu" else f"model-{device}"
+        return (f"{stem}.pt2", f"{stem}.pt2.json")
+    return ("tensorrt/",)
+
+
+def _export(console: Console, out: Path, source: Any, fmt: str, decompose: bool, precision: str | None,
+            opset: int | None, device: str, profiles: tuple[str, ...], strongly_typed: bool, require_engine: bool,
+            static: bool, dtypes: dict[str, Any]) -> None:
     if fmt == "onnx":
         from lincompress.exporters.onnx import export_onnx
 

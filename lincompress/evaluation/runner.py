@@ -40,6 +40,7 @@ from lincompress.errors import LinCompressError
 from lincompress.evaluation.metrics import psnr, ssim, velocity_errors
 from lincompress.evaluation.visual import comparison_gif, comparison_grid
 from lincompress.guidance import GuidanceConfig, guidance_from_manifest
+from lincompress.outputs import OutputDir
 from lincompress.recovery.sampling import ConditionSource, Guidance, ModelCaller, euler_sample, latent_shape, sigma_grid
 from lincompress.target import Target
 
@@ -47,6 +48,14 @@ RESULTS_JSON = "eval.json"
 RESULTS_MD = "eval.md"
 GRID_PNG = "eval_grid.png"
 GRID_GIF = "eval.gif"
+EVAL_FILES = (RESULTS_JSON, RESULTS_MD, GRID_PNG, GRID_GIF)
+
+
+def check_eval_out(artifact: str | Path, out_dir: str | Path | None = None) -> OutputDir:
+    """Where ``evaluate`` writes, checked before any work: our earlier results are replaced, nothing else is."""
+    outputs = OutputDir(out_dir if out_dir is not None else artifact, "out_dir" if out_dir is not None else None)
+    outputs.check(EVAL_FILES, replace=True, what="evaluation results")
+    return outputs
 
 
 @dataclass
@@ -154,6 +163,7 @@ def evaluate(
     if samples < 1 or steps < 1 or batch_size < 1:
         raise LinCompressError("--samples, --steps and --batch-size must be at least 1")
     artifact = Path(artifact)
+    outputs = check_eval_out(artifact, out_dir)
     art = read_artifact(artifact)
     manifest, sampler = art.manifest, art.sampler
     if guidance is None:  # a distilled student's sampler records how it samples; else the artifact's guidance
@@ -269,6 +279,8 @@ def evaluate(
     results["files"] = files
     atomic.write_json(out / RESULTS_JSON, results)
     atomic.write_text(out / RESULTS_MD, markdown_report(results))
+    outputs.add(files.values())
+    outputs.forget(name for name in EVAL_FILES if name not in files.values())  # an earlier run's pictures
     return results
 
 

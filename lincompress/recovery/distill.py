@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lincompress.errors import LinCompressError
+from lincompress.recovery.checkpoint import OptimizerState
 from lincompress.recovery.objectives import ADM, Check, Context, Objective, rollout
 from lincompress.recovery.sampling import expand_sigma, sample_sigmas
 from lincompress.recovery.teacher_data import TeacherData
@@ -226,10 +227,12 @@ class DMD2(Objective):
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The trained fake-score tensors (live: a checkpoint loads into them) and its optimizer, keyed by name."""
         fake = self._require_setup()
         params = dict(fake.named_parameters())
         return {"sampler_steps": self.sampler_steps, "fake_train": self.fake_train,
-                "fake": {n: params[n].detach() for n in self._trained}, "optimizer": self._optimizer.state_dict()}
+                "fake": {n: params[n].detach() for n in self._trained},
+                "optimizer": OptimizerState(fake, self._optimizer).state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         fake = self._require_setup()
@@ -245,7 +248,7 @@ class DMD2(Objective):
         with torch.no_grad():
             for name in self._trained:
                 params[name].copy_(saved[name].to(params[name].device))
-        self._optimizer.load_state_dict(state["optimizer"])
+        OptimizerState(fake, self._optimizer).load_state_dict(state["optimizer"])
         for group in self._optimizer.param_groups:  # a changed --fake-lr applies on resume
             group["lr"] = self.fake_lr
 

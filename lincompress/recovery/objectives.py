@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lincompress.config import Arg, ArgumentError, literal
 from lincompress.errors import LinCompressError
 from lincompress.recovery.sampling import ConditionSource, Guidance, ModelCaller, euler_sample, expand_sigma, sample_sigmas
 from lincompress.recovery.teacher_data import TeacherData
@@ -112,8 +113,10 @@ class Objective:
     updates, e.g. DMD2's fake-score network, inside the step's RNG capture and NaN guard) and
     ``loss(ctx, batch)`` (whose gradient trains the student). Auxiliary networks are listed by
     ``modules()``; ``state_dict()`` / ``load_state_dict()`` carry everything the objective trains
-    (parameters, its optimizer) through the trainer's checkpoints, torch-style nested dicts of
-    tensors and plain values, so a resumed run continues bit-exactly.
+    (parameters, its optimizer) through the trainer's checkpoints as the named state
+    ``"objective"`` (``lincompress.recovery.checkpoint``: string-keyed dicts whose leaves are
+    tensors or JSON values; an optimizer goes through ``OptimizerState``, keyed by parameter
+    name), so a resumed run continues bit-exactly.
     """
 
     name: ClassVar[str] = ""
@@ -152,7 +155,7 @@ class Objective:
 
 def _require_data(ctx: Context, who: str) -> TeacherData:
     if ctx.data is None:
-        raise LinCompressError(f"objective {who!r} trains on teacher trajectories; give --samples >= 1")
+        raise ArgumentError(f"objective {literal(repr(who))} trains on teacher trajectories; give {{}} >= 1", Arg("samples"))
     return ctx.data
 
 

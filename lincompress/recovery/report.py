@@ -12,8 +12,11 @@ from typing import Any
 
 from lincompress import atomic
 
+REPORT_MD = "report.md"
 LOSS_PNG = "recovery_loss.png"
 SCORES_PNG = "selection_scores.png"
+METRICS_JSONL = "metrics.jsonl"  # the trainer's per-step log
+REPORT_FILES = (REPORT_MD, LOSS_PNG, SCORES_PNG, METRICS_JSONL)  # what passes.Report copies into the artifact
 
 
 def _png(fig: Any) -> bytes:
@@ -85,4 +88,4 @@ def write_report(out_dir: str | Path, summary: dict[str, Any], records: list[dic
     if not plots:
         lines += ["", "(plots need matplotlib: `pip install lincompress[report]`)"]
     lines += ["", "## Settings", "", "```", *(f"{k}: {v}" for k, v in summary.get("settings", {}).items()), "```", ""]
-    return atomic.write_text(out_dir / "report.md", "\n".join(lines))
+    return atomic.write_text(out_dir / REPORT_MD, "\n".join(lines))

@@ -17,7 +17,7 @@ from torch import nn
 from lincompress import benchmarking as bm
 from lincompress.attention import iter_sites
 from lincompress.cli import main
-from lincompress.errors import LinCompressError
+from lincompress.errors import LinCompressError, LinCompressWarning
 
 FAST = ["--warmup", "1", "--reps", "2", "--sampling-reps", "1", "--device", "cpu"]
 
@@ -206,3 +206,45 @@ def test_exception_line_keeps_type_and_first_line_only():
     assert bm.exception_line(ValueError("first\nsecond")) == "ValueError: first"
     assert bm.exception_line(RuntimeError()) == "RuntimeError: "
     assert bm.exception_line(OSError("x" * 50), limit=10) == "OSError: " + "x" * 10
+
+
+def test_timings_report_their_spread(monkeypatch):
+    durations = iter([0.0, 0.0,  # the warm-up call: start and end
+                      0.0, 0.010, 1.0, 1.012, 2.0, 2.011, 3.0, 3.040, 4.0, 4.010])  # 10, 12, 11, 40, 10 ms
+    monkeypatch.setattr(bm.time, "perf_counter", lambda: next(durations))
+    timing = bm.time_call(lambda: None, torch.device("cpu"), warmup=1, reps=5)
+    assert timing.median_ms == pytest.approx(11.0) and timing.min_ms == pytest.approx(10.0)
+    assert timing.max_ms == pytest.approx(40.0)
+    assert (timing.q1_ms, timing.q3_ms) == (pytest.approx(10.0), pytest.approx(12.0))  # the outlier is in max, not the IQR
+    assert timing.spread == pytest.approx(2 / 11) and timing.wide and timing.to_dict()["spread"] == pytest.approx(0.1818)
+    tight = bm.Timing.of([10.0, 10.1, 10.3, 10.4], warmup=1, first_call_s=0.0)  # median 10.2, quartiles 10.075 / 10.325
+    assert not tight.wide and bm.format_timing(tight.to_dict()) == "10.2 ±1%"
+    assert bm.format_timing(timing.to_dict()) == "11.0 ±9%!"
+    assert bm.Timing.of([5.0], 0, 0.0).spread == 0.0
+    lo, hi = bm.speedup_range(tight, timing)  # quartiles of both: the speed-up is somewhere in here
+    assert lo == pytest.approx(10.075 / 12.0) and hi == pytest.approx(10.325 / 10.0)
+
+
+def test_bench_warns_once_when_timings_spread_wide_and_records_the_spread(repo, tmp_path, monkeypatch):
+    noisy = iter(range(1000))
+
+    def fake_time_call(fn, device, warmup=2, reps=10):
+        fn()
+        wide = next(noisy) == 0  # only the original's forward is noisy
+        return bm.Timing.of([1.0, 1.0, 5.0, 5.0] if wide else [2.0, 2.0, 2.0, 2.1], warmup, 0.0)
+
+    monkeypatch.setattr(bm, "time_call", fake_time_call)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", str(repo / "tests/commands/tiny_model.py"), "--targets", "1",
+                                       "--steps", "1", "--json", str(out), *FAST], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "timings spread wide" in lines[0] and "original forward (133%)" in lines[0]
+    report = json.loads(out.read_text())
+    assert report["format"] == "lincompress-bench" and report["warnings"] == [lines[0].removeprefix("warning: ")]
+    original, linear = report["rows"]
+    assert original["forward"]["spread"] == pytest.approx(4 / 3, rel=1e-3) and original["forward"]["q3_ms"] == 5.0
+    assert linear["speedup_forward_range"] == [pytest.approx(1.0 / 2.025, rel=1e-3), pytest.approx(5.0 / 2.0)]
+    noisy = iter(range(1000))
+    with pytest.warns(LinCompressWarning, match="timings spread wide"):
+        bm.bench(str(repo / "tests/commands/tiny_model.py"), targets=[1.0], steps=0, reps=2, warmup=0)

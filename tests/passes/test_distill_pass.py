@@ -76,7 +76,7 @@ def distilled(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         out = tmp_path_factory.mktemp("distill") / "art"
-        result = _optimize(out)
+        result = _optimize(out, "--keep-work")  # the resume test continues from its checkpoints
     finally:
         torch.set_num_threads(threads)
     return out, result.output
@@ -105,19 +105,20 @@ def test_resume_continues_the_stage_it_was_in(distilled, tmp_path):
     shutil.copytree(out, copy)
     weights = (copy / "weights.safetensors").read_bytes()
     # both stages finished: neither is trained again, the same artifact comes out
-    _optimize(copy, "--resume")
+    _optimize(copy, "--resume", "--keep-work")
     assert (copy / "weights.safetensors").read_bytes() == weights
     # the distillation stage stopped half-way (its checkpoint at step 1): only it continues
     work = copy / ".lincompress-work" / "distill" / "checkpoints"
     assert json.loads((work / "latest.json").read_text())["step"] == 2
     shutil.rmtree(copy / ".lincompress-work" / "distill")
-    _optimize(copy, "--resume", "--checkpoint-every", "1", "--distill-steps", "1")
+    _optimize(copy, "--resume", "--keep-work", "--checkpoint-every", "1", "--distill-steps", "1")
     recovery_ckpt = copy / ".lincompress-work" / "checkpoints" / "latest.json"
     assert json.loads(recovery_ckpt.read_text())["step"] == 2  # the finished recovery stage was not re-run
     manifest = json.loads((copy / "lincompress.json").read_text())
     assert manifest["metrics"]["recovery"]["resumed_from"] == 2
     assert manifest["metrics"]["distillation"]["resumed_from"] is None and manifest["metrics"]["distillation"]["steps"] == 1
     _optimize(copy, "--resume", "--distill-steps", "2")  # continue it to 2 steps: as the uninterrupted run
+    assert not (copy / ".lincompress-work").exists()  # done: the work directory goes (no --keep-work)
     manifest = json.loads((copy / "lincompress.json").read_text())
     assert manifest["metrics"]["distillation"]["resumed_from"] == 1
     assert (copy / "weights.safetensors").read_bytes() == weights  # bit-exact

@@ -89,3 +89,23 @@ def test_discovery_leaves_module_attributes_as_they_were():
     for name, m in target.model.named_modules():
         assert all(m.__dict__[k] is v for k, v in before[name].items())
     assert target.model.marker is marker
+
+
+def test_hybridize_checks_the_recorded_call_order_at_once():
+    """Sites found on 8-token inputs; the target's inputs now have 4 tokens, so a windowed owner makes 1 call, not 2."""
+    import dataclasses
+
+    from test_discovery import Windowed
+
+    from lincompress.attention import CallOrderError
+    from lincompress.target import Target
+
+    torch.manual_seed(0)
+    model = Windowed().eval()
+    state = Pipeline([passes.FindAttention()]).run(Target(model=model, example_inputs=lambda b: {"x": torch.randn(b, 8, 16)}))
+    Pipeline([passes.Hybridize()]).run(state)  # the same inputs: fine
+    state = Pipeline([passes.FindAttention()]).run(Target(model=model, example_inputs=lambda b: {"x": torch.randn(b, 8, 16)}))
+    state.target = dataclasses.replace(state.target, example_inputs=lambda b: {"x": torch.randn(b, 4, 16)})
+    with pytest.raises(CallOrderError, match="attn made 1 attention calls in one forward, but discovery recorded 2"):
+        Pipeline([passes.Hybridize()]).run(state)
+    assert not iter_sites(model)  # the user's model (the teacher) is untouched

@@ -14,9 +14,8 @@ from test_adm_analytic import DIM, GaussianFlow, _target
 from tiny_targets import hybrid_state
 from lincompress.attention import iter_sites
 from lincompress.errors import LinCompressError
-from lincompress.recovery.checkpoint import latest_step
+from lincompress.recovery.checkpoint import latest_step, load_checkpoint, save_checkpoint
 from lincompress.recovery.distill import DMD2, FewStepADM, step_output
-from lincompress.recovery.objective_state import flatten_state, unflatten_state
 from lincompress.recovery.objectives import Context
 from lincompress.recovery.sampling import ConditionSource, ModelCaller, euler_sample, few_step_grid
 from lincompress.recovery.trainer import NonFiniteError, RecoveryConfig, Trainer, TrainingInterrupted
@@ -98,23 +97,24 @@ def test_dmd2_trains_its_fake_score_on_the_students_outputs_not_the_teacher():
     assert x0.shape == (8, DIM) and 0 <= k < 2
 
 
-def test_objective_state_round_trips_an_optimizer():
-    model = nn.Linear(3, 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(4, 3)).sum().backward()
-    opt.step()
-    state = {"fake": {n: p.detach() for n, p in model.named_parameters()}, "optimizer": opt.state_dict(), "n": 4}
-    tensors, skeleton = flatten_state(state)
-    import json
-
-    back = unflatten_state(tensors, json.loads(json.dumps(skeleton)))
-    assert back["n"] == 4 and set(back["optimizer"]["state"]) == {0, 1}  # int keys survive JSON
-    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
-    fresh = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=0.1)
-    fresh.load_state_dict(back["optimizer"])
-    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
-    with pytest.raises(LinCompressError, match="may hold tensors"):
-        flatten_state({"bad": object()})
+def test_dmd2_state_round_trips_through_a_checkpoint(tmp_path):
+    """The fake score and its AdamW state go through the trainer's named-state checkpoint (DCP) unchanged."""
+    sigmas = few_step_grid(1.0, 2)
+    student, teacher = FewStepGaussian(sigmas), GaussianFlow(1.5, 0.5)
+    trained = DMD2(sampler_steps=2, fake_updates=3, fake_lr=0.05, regression=0.0)
+    trained.setup(_context(student, teacher, sigmas))
+    trained.before_step(_context(student, teacher, sigmas), 8, lambda what, value: None)
+    save_checkpoint(tmp_path, 1, {"objective": trained})
+    fresh = DMD2(sampler_steps=2, fake_updates=3, fake_lr=0.05, regression=0.0)
+    fresh.setup(_context(student, teacher, sigmas))
+    assert not torch.equal(fresh.modules()["fake_score"].mu, trained.modules()["fake_score"].mu)
+    load_checkpoint(tmp_path, {"objective": fresh})
+    assert torch.equal(fresh.modules()["fake_score"].mu, trained.modules()["fake_score"].mu)
+    before, after = trained._optimizer.state_dict(), fresh._optimizer.state_dict()
+    assert after["state"].keys() == before["state"].keys() and after["state"]
+    for key, value in before["state"].items():
+        assert all(torch.equal(value[k], after["state"][key][k]) for k in value)
+    assert after["param_groups"][0]["betas"] == (0.9, 0.999)
 
 
 # --------------------------------------------------------------------------- the trainer: resume, Ctrl-C, NaN
@@ -179,8 +179,8 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("fault", "kept", "message"), [
-    ("sigint", 4, "interrupted at step 4"),  # flag checked before step 5: that step's start is saved
-    ("interrupt", 2, r"interrupted inside step 4; the last checkpoint \(step 2\) is kept"),
+    ("sigint", 4, "stopped by SIGINT at step 4; checkpoint of step 4 saved"),  # flag checked before step 5
+    ("interrupt", 2, "stopped by SIGINT at step 3; the checkpoint of step 2 in .* is kept"),  # inside step 4
 ])
 def test_distillation_resumes_bit_exactly_with_its_fake_score(uninterrupted, tmp_path, fault, kept, message):
     weights, result = uninterrupted
