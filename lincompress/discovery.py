@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from lincompress.attention_ops import heads_tokens_dim, matmul_operands
 from lincompress.eager_trace import EagerRecording, run_forward
+from lincompress.config import Arg, ArgumentError, literal
 from lincompress.errors import LinCompressError, NoAttentionError
 from lincompress.graph import TracedGraph, graph_provenance, op_kind, owner_path, tensor_shape, trace_model
 from lincompress.provenance import Provenance, Verdict
@@ -300,8 +301,9 @@ def _apply_include(sites: list[SiteInfo], include: Iterable[str]) -> None:
     known = {s.name: s for s in sites}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise LinCompressError(f"include (--include) names sites the model does not have: {', '.join(unknown[:5])} "
-                               f"(its sites: {', '.join(list(known)[:8])}{', ...' if len(known) > 8 else ''})")
+        listed = literal(f"{', '.join(unknown[:5])} (its sites: {', '.join(list(known)[:8])}"
+                         f"{', ...' if len(known) > 8 else ''})")
+        raise ArgumentError("{} names sites the model does not have: " + listed, Arg("include"))
     for name in names:
         site = known[name]
         if site.causal:

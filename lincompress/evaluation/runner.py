@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from lincompress import atomic
 from lincompress.artifacts import apply, read_artifact
+from lincompress.config import Arg, ArgumentError
 from lincompress.errors import LinCompressError
 from lincompress.evaluation.metrics import psnr, ssim, velocity_errors
 from lincompress.evaluation.visual import comparison_gif, comparison_grid
@@ -160,8 +161,9 @@ def evaluate(
     else on the same ``steps``-step grid. Writes ``eval.json``, ``eval.md``, ``eval_grid.png`` and
     ``eval.gif`` into ``out_dir`` (default: the artifact directory) and returns the results dict.
     """
-    if samples < 1 or steps < 1 or batch_size < 1:
-        raise LinCompressError("--samples, --steps and --batch-size must be at least 1")
+    for name, value in (("samples", samples), ("steps", steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ArgumentError("{} must be a whole number of at least 1", Arg(name, value))
     artifact = Path(artifact)
     outputs = check_eval_out(artifact, out_dir)
     art = read_artifact(artifact)

@@ -87,7 +87,7 @@ def test_inspect_include_makes_an_unsure_site_a_candidate(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "broken", "message"), [
-    (["--include", "blocks.9#0"], "", "error: include (--include) names sites the model does not have: blocks.9#0"),
+    (["--include", "blocks.9#0"], "", "error: --include names sites the model does not have: blocks.9#0"),
     ([], ".transpose(1, 2)", "error: could not run Model: its forward failed in blocks.0.q (Linear) at linear"),
 ])
 def test_inspect_errors_are_one_line(tmp_path, args, broken, message):

@@ -73,3 +73,21 @@ def test_eval_reports_a_missing_artifact_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(MODEL), "--artifact", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "not a lincompress artifact" in result.output
+
+
+@pytest.mark.parametrize("flag, value", [("--samples", "0"), ("--steps", "-2"), ("--batch-size", "0")])
+def test_eval_names_a_bad_count_by_its_flag_before_any_work(half_linear, tmp_path, flag, value):
+    out = tmp_path / "never"
+    args = ["eval", str(MODEL), "--artifact", str(half_linear), "--out", str(out), "--device", "cpu", flag, value]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert f"error: {flag} {value} must be a whole number of at least 1" in result.output, result.output
+    assert not out.exists()  # checked before the output directory is made
+
+
+def test_evaluate_speaks_python_argument_names(half_linear):
+    from lincompress.config import ArgumentError
+    from lincompress.evaluation.runner import evaluate
+
+    with pytest.raises(ArgumentError, match=r"^batch_size=0 must be a whole number of at least 1$"):
+        evaluate(None, half_linear, batch_size=0)  # type: ignore[arg-type]
