@@ -176,3 +176,34 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LinCompressError(f"{path} is missing; re-run `lincompress export` to write it")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- where an exporter step writes
+
+class ExportFiles:
+    """The files an exporter step writes into one directory: checked before any work, recorded after.
+
+    A user-named export path (``exporters.ONNX("out/model.onnx")``) never replaces a file lincompress
+    did not write; one it wrote is replaced only with ``overwrite=True``. What it wrote is recorded in
+    the directory's ``.lincompress-files.json`` (``lincompress.outputs``), so a later export may replace it.
+    """
+
+    def __init__(self, directory: str | Path, names: tuple[str, ...], arg: str) -> None:
+        from lincompress.outputs import OutputDir
+
+        self.outputs = OutputDir(directory, arg)
+        self.names = names
+
+    def check(self, overwrite: bool) -> None:
+        from lincompress.config import Arg
+
+        self.outputs.check_files(self.names, replace=overwrite, replace_arg=Arg("overwrite", True))
+
+    def record(self) -> None:
+        self.outputs.add([n for n in self.names if (self.outputs.path / n).is_file()])
+
+    @classmethod
+    def for_file(cls, path: str | Path, *suffixes: str) -> ExportFiles:
+        """``path`` and its companions (``path`` + each suffix: ``.json`` sidecar, ``.data`` weights)."""
+        path = Path(path)
+        return cls(path.parent, (path.name, *(path.name + s for s in suffixes)), "path")

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from lincompress.errors import LinCompressError
-from lincompress.exporters._common import ExportSource, dynamic_axes, export_program, write_sidecar
+from lincompress.exporters._common import ExportFiles, ExportSource, dynamic_axes, export_program, write_sidecar
 
 
 def compile_aoti(source: ExportSource, path: str | Path, batch: int = 2, dynamic: bool = True,
@@ -89,10 +89,20 @@ class AOTInductor:
     path: str | Path
     device: str | None = None
     dynamic: bool = True
+    overwrite: bool = False  # replace an earlier export of ours at ``path`` (never a file lincompress did not write)
     name: str = field(default="aoti")
     requires: ClassVar[tuple[str, ...]] = ("fixed",)  # Pipeline checks the order before anything runs
 
+    def _files(self) -> ExportFiles:
+        return ExportFiles.for_file(self.path, ".json")
+
+    def check(self, state) -> None:
+        self._files().check(self.overwrite)  # before any pass runs
+
     def run(self, state):
+        files = self._files()
+        files.check(self.overwrite)
         compile_aoti(ExportSource.from_state(state), self.path, dynamic=self.dynamic, device=self.device)
+        files.record()
         state.outputs["aoti"] = Path(self.path)
         return state

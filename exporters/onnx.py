@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from lincompress.errors import LinCompressError
-from lincompress.exporters._common import ExportSource, dynamic_axes, export_program, write_sidecar
+from lincompress.exporters._common import ExportFiles, ExportSource, dynamic_axes, export_program, write_sidecar
 from lincompress.ops import spec
 
 DOMAIN = "lincompress"
@@ -427,11 +427,21 @@ class ONNX:
     decompose: bool = False
     opset: int | None = None
     dynamic: bool = True
+    overwrite: bool = False  # replace an earlier export of ours at ``path`` (never a file lincompress did not write)
     name: str = field(default="onnx")
     requires: ClassVar[tuple[str, ...]] = ("fixed",)  # Pipeline checks the order before anything runs
 
+    def _files(self) -> ExportFiles:
+        return ExportFiles.for_file(self.path, ".data", ".json")
+
+    def check(self, state) -> None:
+        self._files().check(self.overwrite)  # before any pass runs
+
     def run(self, state):
+        files = self._files()
+        files.check(self.overwrite)
         info = export_onnx(ExportSource.from_state(state), self.path, self.decompose, self.opset, dynamic=self.dynamic)
+        files.record()
         path = Path(self.path)
         state.outputs["onnx"] = path
         state.outputs["onnx_info"] = path.with_name(path.name + ".json")

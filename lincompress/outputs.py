@@ -68,6 +68,10 @@ def check_location(path: str | Path, arg: str | None = "out_dir", kind: str = "d
     return path
 
 
+def _exist(paths: list[str]) -> str:
+    return ", ".join(paths) + (" exists" if len(paths) == 1 else " exist")
+
+
 class OutputDir:
     """A directory lincompress writes into, with the record of the files it wrote there.
 
@@ -146,16 +150,31 @@ class OutputDir:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise _refuse(f"{literal(self.path)} holds files lincompress did not write ({literal(shown)})", self.arg,
                           "choose an empty or new")
+        self._check_targets(entries, names, replace=replace, what=literal(self.path) + " already holds " + literal(what),
+                            replace_arg=replace_arg)
+
+    def check_files(self, names: Iterable[str], *, replace: bool, replace_arg: Arg | None = None) -> None:
+        """Refuse before any work if writing the files ``names`` here would touch a file that is not ours, or one
+        of ours without ``replace``. Unlike ``check``, other files may be in the directory (a user's project
+        folder receiving one exported file): only the named files matter."""
+        names = list(names)
+        for name in names:
+            check_location(self.path / name, self.arg, kind="file")
+        self._check_targets(self.entries(), names, replace=replace, replace_arg=replace_arg,
+                            what=_exist([literal(self.path / n) for n in names if (self.path / n).exists()]))
+
+    def _check_targets(self, entries: list[str], names: Iterable[str], *, replace: bool, what: str,
+                       replace_arg: Arg | None) -> None:
+        names = list(names)
         targets = [e for e in entries if any(e == n or (n.endswith("/") and e.startswith(n)) for n in names)]
         for entry in targets:
-            if entry not in mine:
+            if not self.is_ours(entry):
                 raise _refuse(f"{literal(self.path / entry)} was not written by lincompress (or was changed since) "
                               "and would be overwritten", self.arg, "move it away or choose another")
         if targets and not replace:
-            problem = f"{literal(self.path)} already holds {literal(what)}"
             if replace_arg is None:
-                raise _refuse(problem, self.arg)
-            raise _refuse(problem, self.arg, "pass {} or choose another", replace_arg)
+                raise _refuse(what, self.arg)
+            raise _refuse(what, self.arg, "pass {} or choose another", replace_arg)
 
     # -- recording what was written ----------------------------------------------------------
     def add(self, paths: Iterable[str | Path], hashes: dict[str, str] | None = None) -> None:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from lincompress.errors import LinCompressError
-from lincompress.exporters._common import ExportSource, dynamic_axes, export_program, write_sidecar
+from lincompress.exporters._common import ExportFiles, ExportSource, dynamic_axes, export_program, write_sidecar
 from lincompress.exporters.tensorrt.builder import PRECISIONS, build_engine, profile_shapes, tensorrt_status
 from lincompress.exporters.tensorrt.plugin import PLUGIN_ID, register_plugin
 
@@ -31,6 +31,8 @@ ONNX_NAME = "model.onnx"
 ENGINE_NAME = "model.engine"
 PLUGIN_SOURCE_NAME = "linear_attention_plugin.py"
 TIMING_CACHE_NAME = "timing.cache"
+OUTPUT_NAMES = (ONNX_NAME, ONNX_NAME + ".data", ONNX_NAME + ".json", PLUGIN_SOURCE_NAME, ENGINE_NAME,
+                ENGINE_NAME + ".json", TIMING_CACHE_NAME)  # everything export_tensorrt may write
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -81,12 +83,22 @@ class TensorRT:
     overrides: dict[str, Any] | None = None
     strongly_typed: bool = False
     require_engine: bool = False
+    overwrite: bool = False  # replace an earlier export of ours in ``out_dir`` (never a file lincompress did not write)
     name: str = field(default="tensorrt")
     requires: ClassVar[tuple[str, ...]] = ("fixed",)  # Pipeline checks the order before anything runs
 
+    def _files(self) -> ExportFiles:
+        return ExportFiles(self.out_dir, OUTPUT_NAMES, "out_dir")
+
+    def check(self, state) -> None:
+        self._files().check(self.overwrite)  # before any pass runs
+
     def run(self, state):
+        files = self._files()
+        files.check(self.overwrite)
         info = export_tensorrt(ExportSource.from_state(state), self.out_dir, self.precision, self.overrides,
                                self.strongly_typed, self.require_engine)
+        files.record()
         out = Path(self.out_dir)
         state.outputs["tensorrt_onnx"] = out / ONNX_NAME
         if info.get("engine"):
