@@ -16,6 +16,7 @@ options as flags.
 from __future__ import annotations
 
 import difflib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def _steps(options: dict[str, Any]) -> int:
 
 def compress(
     target: Target | str | Path, *, out_dir: str | Path | None = None, select: str | list[str] | None = None,
-    resume: bool = False, overwrite: bool = False, progress: bool = True, **options: Any,
+    resume: bool | str = False, overwrite: bool = False, keep_work: bool = False, progress: bool = True,
+    **options: Any,
 ) -> State:
     """The standard recipe: find -> hybridize -> select (+ recover) -> fix (-> save + report).
 
@@ -124,7 +126,11 @@ def compress(
         "uniform" / "first" / "last" (the default with steps=0: uniform), "greedy", or a list
         of site names.
     out_dir: write the artifact (and the recovery report) there; training state lives in
-        ``out_dir/.lincompress-work``, so ``resume=True`` continues an interrupted run.
+        ``out_dir/.lincompress-work``, so ``resume=True`` continues an interrupted run (an error
+        when there is nothing to continue; ``resume="auto"`` continues one if there is one,
+        else starts). ``overwrite=True`` starts over, replacing what an earlier run wrote.
+    keep_work: keep the work directory (checkpoints, teacher cache) after success; by default
+        only the artifact and report remain.
     options: fields of the pass configs (see the module docstring), e.g. ``target_linear=0.7,
         objective="adm", steps=2000, feature_map="relu", lr=1e-5``.
     Returns the final ``State`` (``.model`` is the fixed model; the original is untouched).
@@ -137,6 +143,9 @@ def compress(
     steps = _steps(options)
     if steps == 0:
         options.pop("steps", None)  # the switch that leaves recovery out, not a recovery option
+        if resume is True:
+            raise ArgumentError("{} continues an interrupted recovery, and this run trains nothing ({})",
+                                Arg("resume", True), Arg("steps", 0))
     select = _check_select(select, steps)
     label = _selection_label(select)
     used = ["target", "discovery", "hybridization", label] + (["recovery"] if steps > 0 else [])
@@ -145,17 +154,23 @@ def compress(
                          _selection_pass(select, opts, label)]
     if steps > 0:
         work_dir = Path(out_dir) / WORK_DIR if out_dir is not None else None
-        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"]))
+        recipe.append(passes.Recover(work_dir=work_dir, resume=resume, overwrite=overwrite, progress=progress,
+                                     **opts["recovery"]))
     recipe.append(passes.Fix())
     if out_dir is not None:
-        recipe += [passes.Save(out_dir, overwrite=overwrite or resume), passes.Report(out_dir)]
+        recipe += [passes.Save(out_dir, overwrite=overwrite or bool(resume)), passes.Report(out_dir)]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
-    return pipeline.run(configure_target(target, _target_options(opts)))
+    state = pipeline.run(configure_target(target, _target_options(opts)))
+    if steps > 0 and out_dir is not None and not keep_work:  # done: checkpoints and caches only served a resume
+        shutil.rmtree(Path(out_dir) / WORK_DIR, ignore_errors=True)
+        state.outputs.pop("recovery_dir", None)
+    return state
 
 
 def recover(
     model: nn.Module, target: Target | str | Path, *, select: str | list[str] = "learned",
-    work_dir: str | Path | None = None, resume: bool = False, progress: bool = True, **options: Any,
+    work_dir: str | Path | None = None, resume: bool | str = False, overwrite: bool = False, progress: bool = True,
+    **options: Any,
 ) -> State:
     """Train the hybrid ``model`` against ``target.model`` (the original, the teacher), in place.
 
@@ -166,7 +181,8 @@ def recover(
     ``RecoveryConfig``, of the selection's config (``target_linear``, ``steps``,
     ``objective``, ``lr``, ...) and of ``TargetOptions`` (``guidance_scale``, ``prompts_file``...). The returned ``State`` has ``.selection`` (the sites that
     became linear: fix them with ``passes.Fix`` or a second ``mto.apply_mode``), ``.metrics``
-    and ``.modified_parameters``; ``.model`` is ``model``, trained.
+    and ``.modified_parameters``; ``.model`` is ``model``, trained. ``work_dir``, ``resume``,
+    ``overwrite``: as for ``passes.Recover``.
     """
     from lincompress import passes
 
@@ -175,7 +191,8 @@ def recover(
     label = _selection_label(select)
     opts = _dispatch(options, ["target", label, "recovery"], (Arg("select", select),))
     recipe = [_selection_pass(select, opts, label),
-              passes.Recover(work_dir=work_dir, resume=resume, progress=progress, **opts["recovery"])]
+              passes.Recover(work_dir=work_dir, resume=resume, overwrite=overwrite, progress=progress,
+                             **opts["recovery"])]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
     target = configure_target(target, _target_options(opts))
     if model is target.model:

@@ -23,7 +23,6 @@ is still read: it is translated to the equivalent recipe.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import platform
 from collections.abc import Iterator
@@ -121,13 +120,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 # --------------------------------------------------------------------------- saving
 
@@ -192,7 +184,7 @@ def save_artifact(state: State, out_dir: Path, overwrite: bool = False, extra: d
         "target_linear": state.target_linear,
         "metrics": state.metrics,
         "modified_parameters": sorted(state.modified_parameters),
-        "weights": {"file": WEIGHTS, "sha256": _sha256(weights_path)},
+        "weights": {"file": WEIGHTS, "sha256": atomic.sha256_file(weights_path)},
         "versions": _versions(),
         **sampling,
         **(extra or {}),
@@ -243,7 +235,7 @@ def read_artifact(out_dir: str | Path) -> Artifact:
     weights_path = out_dir / manifest["weights"]["file"]
     if not weights_path.is_file():
         raise ArtifactError(f"{weights_path} is missing; the artifact is incomplete, re-run `lincompress optimize`")
-    if _sha256(weights_path) != manifest["weights"]["sha256"]:
+    if atomic.sha256_file(weights_path) != manifest["weights"]["sha256"]:
         raise ArtifactError(f"{weights_path} does not match its checksum in {MANIFEST}; the file is corrupt or was replaced")
     try:
         weights = load_file(str(weights_path))

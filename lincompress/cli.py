@@ -27,16 +27,17 @@ class _FriendlyGroup(click.Group):
         except ArgumentError as exc:
             sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             flags = flag_names(sub) if sub is not None else {}
-            self._fail(exc.render(lambda name: flags.get(name) or default_flag(name)))
+            self._fail(exc.render(lambda name: flags.get(name) or default_flag(name)), getattr(exc, "exit_code", 2))
         except LinCompressError as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), getattr(exc, "exit_code", 2))
         except click.UsageError as exc:
             self._fail(exc.format_message())
 
     @staticmethod
-    def _fail(message: str) -> None:
+    def _fail(message: str, code: int = 2) -> None:
+        """One red line; exit 2 (bad input), or 128 + N for a run stopped by signal N (the shell's convention)."""
         click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(code)
 
 
 @click.group(cls=_FriendlyGroup)

@@ -48,7 +48,10 @@ class RecoveryConfig(PassConfig):
                         help="Which parameters train: all, attention (attention modules + sites), feature_maps (sites only).")
     grad_accum: int = option(1, low=1, help="Micro-batches per optimizer step.")
     grad_clip: float = option(1.0, help="Gradient-norm clip (<= 0: none; non-finite gradients still stop the run).")
-    checkpoint_every: int = option(100, low=1, help="Steps between checkpoints.")
+    checkpoint_every: int | None = option(None, low=1, record=False,
+                                          help="Steps between checkpoints [default: a tenth of --steps, at least 1].")
+    checkpoint_minutes: float = option(5.0, low=0.0, record=False,
+                                       help="Also checkpoint when this many minutes passed since the last one (0: off).")
     log_scores_every: int = option(1, low=1, help="Steps between recorded selection-score snapshots.")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward (less memory).")
     autocast: bool | None = option(None, help="bf16 autocast [default: on CUDA, off on CPU].")
@@ -57,6 +60,10 @@ class RecoveryConfig(PassConfig):
     samples: int = option(8, low=0, help="Teacher trajectories to generate and cache (0: none).")
     teacher_steps: int = option(8, low=1, help="Teacher sampler steps per trajectory.")
     shard_size: int = option(4, low=1, help="Teacher trajectories per cache shard.")
+    cache_dir: str | None = option(
+        None, cli="--cache", metavar="DIR", record=False,
+        help="Directory for teacher trajectories and prompt embeddings, shareable between runs (one subdirectory per "
+             "teacher and settings) [default: the work directory, removed after success].")
     eval_points: int = option(16, low=1, help="Cached teacher points for the before/after velocity error.")
     compare_without_recovery: bool = option(
         True, help="Also measure the final selection with untrained weights (a CPU copy).")

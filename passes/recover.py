@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lincompress import atomic
-from lincompress.config import PassConfig, option
+from lincompress.config import Arg, ArgumentError, PassConfig, option
 from lincompress.errors import LinCompressError
 from lincompress.pipeline import BasePass, RecordedPass, State
 from lincompress.recovery_config import RecoveryConfig
@@ -27,27 +27,36 @@ from lincompress.selection import mark_selection
 
 
 class Recover(RecordedPass):
-    """``Recover(objective="adm", steps=2000, *, work_dir=None, resume=False, progress=True, **RecoveryConfig fields)``.
+    """``Recover(objective="adm", steps=2000, *, work_dir=None, resume=False, overwrite=False, progress=True,
+    **RecoveryConfig fields)``.
 
     ``work_dir`` holds the teacher cache, checkpoints, metrics.jsonl and the report;
-    give one to be able to resume (default: a fresh temporary directory). ``work_dir``,
-    ``resume`` and ``progress`` say how to run, so the recipe does not record them.
+    give one to be able to resume (default: a fresh temporary directory, whose checkpoints
+    and caches are deleted after success). ``resume``: ``False`` starts (and refuses a
+    ``work_dir`` holding an earlier run's checkpoint unless ``overwrite``), ``True``
+    continues that checkpoint (an error without one), ``"auto"`` continues one if there is
+    one. These say how to run, so the recipe does not record them.
     """
 
     name = "recover"
     config_class = RecoveryConfig
 
-    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+    def __init__(self, *args: Any, work_dir: str | Path | None = None, resume: bool | str = False,
+                 overwrite: bool = False, progress: bool = True,
                  config: RecoveryConfig | None = None, **kwargs: Any) -> None:
         if kwargs.get("objective_options", {}) is None:
             del kwargs["objective_options"]
         super().__init__(*args, config=config, **kwargs)
         from lincompress.recovery.objectives import make_objective
+        from lincompress.recovery.trainer import check_resume
 
         make_objective(self.config.objective, **self.config.objective_options)  # bad objective settings fail now
         self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.resume = resume
-        self.progress = progress
+        self.resume = check_resume(resume)
+        if self.resume is True and self.work_dir is None:
+            raise ArgumentError("{} continues the checkpoint in a {}; give the one the earlier run used",
+                                Arg("resume", True), Arg("work_dir"))
+        self.overwrite, self.progress = overwrite, progress
 
     @property
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -79,7 +88,10 @@ class Recover(RecordedPass):
         trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,
                           selection=state.selection, progress=self.progress)
         try:
-            result = trainer.run(resume=self.resume, name=state.target.name)
+            result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
+            if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
+                for bulky in ("checkpoints", "teacher", "prompts"):
+                    shutil.rmtree(Path(work_dir) / bulky, ignore_errors=True)
         finally:
             model.to(home)
             state.target.model.to(home)

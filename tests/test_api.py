@@ -45,7 +45,11 @@ def test_compress_learns_the_selection_when_it_trains(tmp_path):
     assert state.selection_method == "selective_transfer" and len(state.selection) == 2
     assert [s.name for s in state.recipe] == ["hybridize", "selective-transfer", "recover", "fix"]
     assert state.recipe[2].config["objective"] == "mse" and state.recipe[2].config["steps"] == 3
-    assert (tmp_path / "art" / ".lincompress-work" / "checkpoints").is_dir() and (tmp_path / "art" / "report.md").is_file()
+    assert (tmp_path / "art" / "report.md").is_file()
+    assert not (tmp_path / "art" / ".lincompress-work").exists()  # checkpoints + caches go after success ...
+    lincompress.compress(recovery_target(depth=4), target_linear=0.5, steps=2, samples=1, teacher_steps=2,
+                         objective="mse", progress=False, out_dir=tmp_path / "kept", keep_work=True)
+    assert (tmp_path / "kept" / ".lincompress-work" / "checkpoints" / "latest.json").is_file()  # ... unless kept
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -14,7 +14,8 @@ from torch import nn
 
 import lincompress
 from lincompress import Pipeline, passes, registry
-from lincompress.artifacts import MANIFEST, WEIGHTS, _sha256, read_artifact, replay
+from lincompress.artifacts import MANIFEST, WEIGHTS, read_artifact, replay
+from lincompress.atomic import sha256_file as _sha256
 from lincompress.attention import iter_sites
 from lincompress.config import PassConfig, option
 from lincompress.errors import ArtifactError
@@ -288,7 +289,7 @@ def test_a_restore_that_fails_half_way_is_rolled_back(gain_head):
 
 
 def test_load_and_export_source_build_and_hash_once(tmp_path, repo, monkeypatch):
-    import lincompress.artifacts as artifacts_module
+    import lincompress.atomic as atomic_module
     import lincompress.fingerprint as fingerprint_module
     import lincompress.target as target_module
     from lincompress.exporters._common import ExportSource
@@ -310,7 +311,7 @@ def test_load_and_export_source_build_and_hash_once(tmp_path, repo, monkeypatch)
         return wrapper
 
     monkeypatch.setattr(target_module, "load_target", counting("build", target_module.load_target))
-    monkeypatch.setattr(artifacts_module, "_sha256", counting("sha256", artifacts_module._sha256))
+    monkeypatch.setattr(atomic_module, "sha256_file", counting("sha256", atomic_module.sha256_file))
     monkeypatch.setattr(fingerprint_module, "model_fingerprint", counting("fingerprint", fingerprint_module.model_fingerprint))
     source = ExportSource.from_artifact(out)
     assert calls == {"build": 1, "sha256": 1, "fingerprint": 1}

@@ -4,7 +4,8 @@ find -> hybridize -> select (learned selective transfer, or a heuristic) + recov
 fix -> save, then the report. With ``--steps 0`` nothing is trained and a heuristic
 selection (``--select``, default uniform) is used. Training state lives in
 ``DIR/.lincompress-work`` (teacher cache, checkpoints, metrics), so ``--resume``
-continues an interrupted run with the same command line.
+continues an interrupted run with the same command line (``--resume-or-start``: continue
+if there is a checkpoint, else start); it is removed after success unless ``--keep-work``.
 
 Every field of the passes' configs is a flag here (``commands/_options.py``), and every
 objective field is ``--<objective>-<field>`` (e.g. ``--adm-grad-steps``); so is every
@@ -48,22 +49,29 @@ def _objective_options(options: dict, objective_flags: dict) -> None:
 @click.option("--select", "select", type=click.Choice(SELECTIONS), default=None,
               help="How to choose the linear sites: learned (selective transfer; default when --steps > 0) or a "
                    "heuristic (default uniform with --steps 0).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing artifact in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out from its last checkpoint (an error if there is none).")
+@click.option("--resume-or-start", is_flag=True,
+              help="Continue the run in --out if it has a checkpoint, else start one (for job scripts that requeue).")
+@click.option("--overwrite", is_flag=True, help="Start over: replace what an earlier run wrote in --out.")
+@click.option("--keep-work", is_flag=True,
+              help="Keep --out/.lincompress-work (checkpoints, teacher cache) after success.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options(TargetOptions, FindAttentionConfig, HybridizeConfig, SelectConfig, SelectiveConfig, GreedySelectConfig,
                 RecoveryConfig, exclude=("strategy", "sites"))
 @objective_options()
-def command(model_py: str, out_dir: str, select: str | None, resume: bool, overwrite: bool, quiet: bool,
-            **options) -> None:
+def command(model_py: str, out_dir: str, select: str | None, resume: bool, resume_or_start: bool, overwrite: bool,
+            keep_work: bool, quiet: bool, **options) -> None:
     """Compress MODEL_PY: make a fraction of its attention linear, recover quality, save the fixed model."""
+    if sum((resume, resume_or_start, overwrite)) > 1:
+        raise click.UsageError("--resume, --resume-or-start and --overwrite exclude each other; give one")
     objective_flags = pop_objective_options(options)
     chosen = given(options)
     _objective_options(chosen, objective_flags)
     console = Console(stderr=True)
     with resolution_warnings(console):
-        state = compress(model_py, out_dir=out_dir, select=select, resume=resume, overwrite=overwrite,
-                         progress=not quiet, **chosen)
+        state = compress(model_py, out_dir=out_dir, select=select, resume="auto" if resume_or_start else resume,
+                         overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
     console.print(f"[bold]{len(state.selection)}[/] of {len(state.candidates)} candidate sites are linear "
                   f"({state.selection_method}): " + ", ".join(state.selection))
     rec = state.metrics.get("recovery")

@@ -5,7 +5,7 @@ teacher_data.py  the original model's own trajectories, cached as safetensors sh
 objectives.py    ADM (default), MSE, FM: one interface, one class each
 selective.py     the selection regulariser (constraint, binarisation, progressive freezing) and greedy
 trainer.py       the training loop (AdamW groups, bf16, checkpointing, NaN guard, Ctrl-C)
-checkpoint.py    pickle-free checkpoints with every RNG stream, for exact resume
+checkpoint.py    named-state checkpoints on torch.distributed.checkpoint, verified + atomic, for exact resume
 progress.py      progress bar and JSONL metrics;  report.py  report.md + plots
 
 The passes (``lincompress.passes.SelectiveTransfer`` / ``Recover`` / ``Report``) wrap these.

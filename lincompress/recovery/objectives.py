@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lincompress.config import Arg, ArgumentError, literal
 from lincompress.errors import LinCompressError
 from lincompress.recovery.sampling import ConditionSource, Guidance, ModelCaller, euler_sample, expand_sigma, sample_sigmas
 from lincompress.recovery.teacher_data import TeacherData
@@ -113,7 +114,7 @@ class Objective:
 
 def _require_data(ctx: Context, who: str) -> TeacherData:
     if ctx.data is None:
-        raise LinCompressError(f"objective {who!r} trains on teacher trajectories; give --samples >= 1")
+        raise ArgumentError(f"objective {literal(repr(who))} trains on teacher trajectories; give {{}} >= 1", Arg("samples"))
     return ctx.data
 
 

@@ -12,6 +12,7 @@ always generated from seed + i, so the cache does not depend on where it stopped
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from lincompress import atomic
+from lincompress.config import Arg, ArgumentError
 from lincompress.errors import LinCompressError
 from lincompress.fingerprint import model_fingerprint
 from lincompress.prompts import tensors_hash
@@ -113,6 +115,18 @@ def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, s
     }
 
 
+def shared_cache_dir(root: Path, target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int,
+                     guidance: Guidance) -> Path:
+    """The cache of these settings under a directory shared between runs: ``root/teacher-<settings hash>``.
+
+    Each teacher and setting gets its own subdirectory, so runs sharing ``root`` reuse each
+    other's trajectories and never overwrite a cache made with other settings.
+    """
+    settings = _settings(target, teacher, steps, shard_size, seed, guidance)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / f"teacher-{key}"
+
+
 def _read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -169,7 +183,7 @@ def build_teacher_cache(
     conditions...) is not reused: the cache starts over, so stale trajectories never train a model.
     """
     if samples < 1:
-        raise LinCompressError(f"--samples must be at least 1 to build teacher data, got {samples}")
+        raise ArgumentError("{} must be at least 1 to build teacher data", Arg("samples", samples))
     cache_dir = Path(cache_dir)
     device = torch.device(device)
     guidance = guidance if guidance is not None else Guidance(target)

@@ -5,19 +5,29 @@ one ``torch.Generator`` (on CPU, so it does not depend on the device), whose sta
 with torch / CUDA / python / numpy streams -- is captured at the *start* of each step
 and saved with the parameters and optimizer. A resumed run therefore replays the
 remaining steps exactly as the uninterrupted run would have (bit-exactly on the same
-device with the same thread count; float reductions depend on both).
+device with the same thread count; float reductions depend on both), and reports the
+same numbers: the velocity error before training, the weights "without recovery" is
+measured with and the elapsed training time are in the checkpoint too.
 
-Ctrl-C sets a flag the loop checks between steps (a second Ctrl-C aborts at once);
-a KeyboardInterrupt raised inside a step is caught too: both save the last completed
-step and stop with ``TrainingInterrupted``. A non-finite loss or gradient stops the
-run with ``NonFiniteError`` without saving, so the last good checkpoint stays.
+Checkpoints (``lincompress.recovery.checkpoint``, on torch.distributed.checkpoint) are
+written every ``checkpoint_every`` steps (default: a tenth of the run), whenever
+``checkpoint_minutes`` passed since the last one, and at the end. SIGINT (Ctrl-C),
+SIGTERM (what ``timeout`` and job schedulers send) and SIGHUP set a flag: the current step
+finishes, a checkpoint is written and the run stops with ``TrainingInterrupted`` (exit
+status 128 + the signal's number). A second signal stops at once, keeping the last
+checkpoint -- or, when the step had not yet changed any state, checkpointing the last
+completed step. A non-finite loss or gradient stops the run with ``NonFiniteError``
+without saving, so the last good checkpoint stays.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +36,12 @@ import torch
 from torch import nn
 
 from lincompress.attention import SITES_ATTR, HybridAttention, iter_sites
+from lincompress.config import Arg, ArgumentError, literal
 from lincompress.devices import resolve_device
 from lincompress.errors import LinCompressError
-from lincompress.recovery.checkpoint import capture_rng, latest_step, load_checkpoint, restore_rng, save_checkpoint
+from lincompress.recovery.checkpoint import (
+    LATEST, OptimizerState, ParameterState, RNGState, latest_step, load_checkpoint, save_checkpoint,
+)
 from lincompress.recovery.objectives import Context, Objective, make_objective
 from lincompress.recovery.progress import MetricsLog, TrainingProgress
 from lincompress.recovery.report import write_report
@@ -36,20 +49,45 @@ from lincompress.recovery.sampling import (
     ConditionSource, Guidance, ModelCaller, check_flow_scheduler, latent_shape, sigma_grid, timestep_shift,
 )
 from lincompress.recovery.selective import SelectiveRegularizer
-from lincompress.recovery.teacher_data import TeacherData, build_teacher_cache, load_teacher_cache
+from lincompress.recovery.teacher_data import TeacherData, build_teacher_cache, load_teacher_cache, shared_cache_dir
 from lincompress.recovery_config import TRAINABLE, RecoveryConfig, SelectiveConfig
 from lincompress.target import Target, prepare_conditions
 
-__all__ = ["TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryResult", "Trainer", "TrainingInterrupted",
-           "resolve_device"]
+__all__ = ["RESUME", "TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryResult", "Trainer",
+           "TrainingInterrupted", "check_resume", "resolve_device"]
+
+RESUME = (False, True, "auto")  # start (refusing to discard a checkpoint), continue one (it must exist), either
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-class NonFiniteError(LinCompressError):
+def check_resume(resume: Any) -> bool | str:
+    if resume not in RESUME or (resume is not True and resume is not False and resume != "auto"):
+        raise ArgumentError("{} must be False, True or 'auto' (resume when there is a checkpoint)", Arg("resume", resume))
+    return resume
+
+
+class _Abort(BaseException):
+    """Raised by the signal handler on a second signal: stop now (BaseException: model code won't swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class NonFiniteError(ArgumentError):
     """Loss or gradients became NaN/inf."""
 
 
-class TrainingInterrupted(LinCompressError):
-    """Ctrl-C: the run saved a checkpoint and stopped."""
+class TrainingInterrupted(ArgumentError):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP): the run checkpointed (or kept its last checkpoint) and stopped.
+
+    ``exit_code`` is the shell's convention for death by that signal (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, template: str, *arguments: Arg, signum: int = signal.SIGINT) -> None:
+        super().__init__(template, *arguments)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
 
 
 @dataclass
@@ -61,8 +99,55 @@ class RecoveryResult:
     report: Path | None
 
 
+class InitialWeights:
+    """The trained tensors as they were before step 1, for "velocity error without recovery".
+
+    Tensors equal to the teacher's parameter of the same name (every base parameter of a
+    hybridized copy) are recorded by name only; the rest (site parameters, anything a
+    previous pass changed) are kept as CPU copies. Small, so every checkpoint carries it.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.from_teacher: list[str] = []
+
+    @torch.no_grad()
+    def capture(self, params: dict[str, nn.Parameter], teacher: dict[str, nn.Parameter]) -> None:
+        self.tensors, self.from_teacher = {}, []
+        for name, p in params.items():
+            t = teacher.get(name)
+            if t is not None and t.shape == p.shape and t.dtype == p.dtype and torch.equal(t, p):
+                self.from_teacher.append(name)
+            else:
+                self.tensors[name] = p.detach().to("cpu", copy=True)
+
+    @torch.no_grad()
+    def load_into(self, params: dict[str, nn.Parameter], teacher: dict[str, nn.Parameter]) -> None:
+        for name in self.from_teacher:
+            params[name].copy_(teacher[name])
+        for name, value in self.tensors.items():
+            params[name].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tensors": dict(self.tensors), "from_teacher": list(self.from_teacher)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tensors, self.from_teacher = dict(state.get("tensors", {})), list(state["from_teacher"])
+
+
+class _Stateful:
+    """Adapts a JSON state (``get()`` / ``put(state)``) to the checkpoint's named-state protocol."""
+
+    def __init__(self, get: Any, put: Any) -> None:
+        self.state_dict, self.load_state_dict = get, put
+
+
 class Trainer:
-    """One recovery run over ``student`` (the hybrid) against ``target.model`` (the teacher)."""
+    """One recovery run over ``student`` (the hybrid) against ``target.model`` (the teacher).
+
+    ``work_dir`` holds checkpoints, metrics.jsonl and the report, and the teacher/prompt
+    caches unless ``config.cache_dir`` names a shared directory for them.
+    """
 
     def __init__(
         self, target: Target, student: nn.Module, config: RecoveryConfig, work_dir: str | Path,
@@ -91,9 +176,16 @@ class Trainer:
         self.selection = selection
         self.teacher = target.model
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.rng = RNGState(self.generator)
+        self.initial = InitialWeights()
         self.step = 0
-        self._stop_requested = False
+        self._stop_signal: int | None = None
+        # What a signal may interrupt at once: "interruptible" (no training state at risk), "compute" (only
+        # gradients changed so far), "update" (never), "idle" / "save" (only a second signal).
+        self._phase = "interruptible"
+        self._saved_step: int | None = None
         self._error_before: float | None = None
+        self._elapsed = 0.0  # training seconds up to the last checkpoint (previous sessions included)
         self._setup_model()
         self.log = MetricsLog(self.work_dir / "metrics.jsonl")
 
@@ -114,6 +206,11 @@ class Trainer:
             return self.config.lr_score
         return min(0.5, max(1e-3, 10.0 / max(1, self.config.steps)))
 
+    @property
+    def checkpoint_every(self) -> int:
+        """Steps between checkpoints: the config's, else a tenth of the run (so a kill loses at most 10 %)."""
+        return self.config.checkpoint_every or max(1, self.config.steps // 10)
+
     def _setup_model(self) -> None:
         cfg = self.config
         self.student.to(self.device).eval()  # eval: no dropout noise in a distillation target
@@ -122,9 +219,9 @@ class Trainer:
         if cfg.gradient_checkpointing:
             enable = getattr(self.student, "enable_gradient_checkpointing", None)
             if enable is None:
-                raise LinCompressError(
-                    f"--gradient-checkpointing needs a diffusers ModelMixin (enable_gradient_checkpointing); "
-                    f"{type(self.student).__name__} has none"
+                raise ArgumentError(
+                    f"{{}} needs a diffusers ModelMixin (enable_gradient_checkpointing); "
+                    f"{literal(type(self.student).__name__)} has none", Arg("gradient_checkpointing", True)
                 )
             enable()
         owners = {name.rsplit("#", 1)[0] for name, _ in self.sites}
@@ -151,19 +248,28 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999))
         self._params = dict(self.student.named_parameters())
 
+    def _cache_root(self) -> Path:
+        """Where teacher trajectories / prompt embeddings live: a shared ``cache_dir`` or the work dir."""
+        return Path(self.config.cache_dir) if self.config.cache_dir is not None else self.work_dir
+
+    def _console(self) -> Any:
+        if not self.show_progress:
+            return None
+        from rich.console import Console
+
+        return Console(stderr=True)
+
     def _teacher_data(self) -> TeacherData | None:
         cfg = self.config
         needs = self.objective.needs_teacher_data or (getattr(self.objective, "regression", None) or 0) > 0
         if cfg.samples == 0:
             if needs:
-                raise LinCompressError(f"objective {self.objective.name!r} trains on teacher trajectories; give --samples >= 1")
+                raise ArgumentError(f"objective {literal(repr(self.objective.name))} trains on teacher trajectories; "
+                                    "give {} >= 1", Arg("samples"))
             return None
-        cache = self.work_dir / "teacher"
-        console = None
-        if self.show_progress:
-            from rich.console import Console
-
-            console = Console(stderr=True)
+        cache = (shared_cache_dir(self._cache_root(), self.target, self.teacher, cfg.teacher_steps, cfg.shard_size,
+                                  cfg.seed, self.guidance) if cfg.cache_dir is not None else self.work_dir / "teacher")
+        console = self._console()
 
         def report(done: int, total: int) -> None:
             if console is not None:
@@ -171,23 +277,20 @@ class Trainer:
 
         build_teacher_cache(self.target, self.teacher, cache, cfg.samples, cfg.teacher_steps, cfg.shard_size,
                             cfg.seed, self.device, self.autocast, progress=report, guidance=self.guidance)
+        self.teacher_cache = cache
         return load_teacher_cache(cache, cfg.samples)
 
     @property
     def guidance(self) -> Guidance:
         """The target's CFG (scale, negative conditions) with this run's student mode; prompts encoded once, cached."""
         if getattr(self, "_guidance", None) is None:
-            console = None
-            if self.show_progress:
-                from rich.console import Console
-
-                console = Console(stderr=True)
+            console = self._console()
 
             def report(done: int, total: int) -> None:
                 if console is not None and total > 1:
                     console.print(f"encoding prompts: chunk {done}/{total}")
 
-            prepare_conditions(self.target, self.work_dir / "prompts", progress=report)
+            prepare_conditions(self.target, self._cache_root() / "prompts", progress=report)
             self._guidance = Guidance(self.target, self.config.student_guidance, self.config.cfg_batched)
         return self._guidance
 
@@ -205,45 +308,89 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.work_dir / "checkpoints"
 
-    def save(self, step: int, rng: dict[str, Any]) -> None:
-        extra = {"regularizer": self.regularizer.state_dict() if self.regularizer else None,
-                 "config": asdict(self.config), "objective": self.objective.name,
-                 "velocity_error_before": self._error_before}
-        params = {n: self._params[n].detach() for n in self.param_names}
-        save_checkpoint(self.checkpoint_dir, step, params, self.optimizer.state_dict(), rng, extra)
+    def _objective_state(self) -> Any | None:
+        """The objective as a named state when it keeps one (an auxiliary network + its optimizer)."""
+        obj = self.objective
+        if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
+            return obj
+        return None
+
+    def states(self) -> dict[str, Any]:
+        """Everything a checkpoint holds, by name (see ``lincompress.recovery.checkpoint``)."""
+        states: dict[str, Any] = {
+            "model": ParameterState({n: self._params[n] for n in self.param_names}),
+            "optimizer": OptimizerState(self.student, self.optimizer),
+            "rng": self.rng,
+            "initial": self.initial,
+        }
+        if self.regularizer is not None:
+            states["regularizer"] = _Stateful(self.regularizer.state_dict, self.regularizer.load_state_dict)
+        if self._objective_state() is not None:
+            states["objective"] = self._objective_state()
+        return states
+
+    def save(self, step: int) -> None:
+        """Checkpoint ``step`` with the RNG streams captured at the start of step ``step + 1``."""
+        phase, self._phase = self._phase, "save"
+        try:
+            extra = {"config": asdict(self.config), "objective": self.objective.name, "trained": list(self.param_names),
+                     "velocity_error_before": self._error_before, "elapsed": self._elapsed_now()}
+            save_checkpoint(self.checkpoint_dir, step, self.states(), extra)
+            self._saved_step = step
+            self._last_save = time.perf_counter()
+        finally:
+            self._phase = phase
+
+    def _check_compatible(self, extra: dict[str, Any]) -> None:
+        """A checkpoint resumes only into the run that wrote it: same objective, student mode, trained set."""
+        where = literal(self.checkpoint_dir)
+        if extra.get("objective") != self.objective.name:
+            raise ArgumentError(f"the checkpoint in {where} was trained with {{}}; resume with the same {{}} or start "
+                                "over with {}", Arg("objective", extra.get("objective")), Arg("objective"),
+                                Arg("overwrite", True))
+        trained_for = (extra.get("config") or {}).get("student_guidance", "cfg")
+        if trained_for != self.config.student_guidance:
+            raise ArgumentError(f"the checkpoint in {where} trained a {literal(repr(trained_for))} student; resume with "
+                                "the same student guidance ({}) or start over with {}",
+                                Arg("student_guidance", trained_for), Arg("overwrite", True))
+        trained = extra.get("trained")
+        if trained is not None and sorted(trained) != sorted(self.param_names):
+            was = (extra.get("config") or {}).get("train", "?")
+            raise ArgumentError(f"the checkpoint in {where} trained other parameters ({{}}); resume with the same "
+                                "setting and model or start over with {}", Arg("train", was), Arg("overwrite", True))
 
     def resume(self) -> int:
-        """Load the latest checkpoint, if any; returns the step training continues from."""
-        ckpt = load_checkpoint(self.checkpoint_dir)
-        if ckpt is None:
+        """Load the latest checkpoint, if any; returns the step training continues from (0 without one)."""
+        info = load_checkpoint(self.checkpoint_dir, self.states(), check=lambda found: self._check_compatible(found.extra))
+        if info is None:
             return 0
-        if ckpt.extra.get("objective") != self.objective.name:
-            raise LinCompressError(
-                f"the checkpoint in {self.checkpoint_dir} was trained with objective {ckpt.extra.get('objective')!r}; "
-                f"resume with the same --objective or delete {self.checkpoint_dir}"
-            )
-        trained_for = (ckpt.extra.get("config") or {}).get("student_guidance", "cfg")
-        if trained_for != self.config.student_guidance:
-            raise LinCompressError(
-                f"the checkpoint in {self.checkpoint_dir} trained a {trained_for!r} student; resume with the same "
-                f"student guidance or delete {self.checkpoint_dir}"
-            )
-        missing = sorted(set(self.param_names) - set(ckpt.params))
-        if missing:
-            raise LinCompressError(f"checkpoint lacks trained parameter {missing[0]}; resume with the same --train setting")
-        with torch.no_grad():
-            for name, value in ckpt.params.items():
-                self._params[name].copy_(value.to(self._params[name].device))
-        if self.regularizer is not None and ckpt.extra.get("regularizer"):
-            self.regularizer.load_state_dict(ckpt.extra["regularizer"])
-        self.optimizer.load_state_dict(ckpt.optimizer)
         for group in self.optimizer.param_groups:  # a changed --lr applies on resume
             group["lr"] = {"score": self.score_lr, "feature_maps": self.config.lr_feature_maps}.get(
                 group.get("name"), self.config.lr)
-        restore_rng(ckpt.rng, self.generator)
-        self._error_before = ckpt.extra.get("velocity_error_before")
-        self.step = ckpt.step
-        return ckpt.step
+        self._error_before = info.extra.get("velocity_error_before")
+        self._elapsed = float(info.extra.get("elapsed", 0.0))
+        self._resumed_rng = self.rng.capture()  # re-applied after setup, which may draw from global streams
+        self.step = self._saved_step = info.step
+        return info.step
+
+    def _start(self, resume: bool | str, overwrite: bool) -> int:
+        """Decide between a fresh start and a resume, refusing to silently discard or fake either."""
+        where = literal(self.checkpoint_dir)
+        if overwrite:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            return 0
+        if resume is False:
+            if (self.checkpoint_dir / LATEST).exists():
+                step = latest_step(self.checkpoint_dir)
+                at = f" (step {step})" if step is not None else ""
+                raise ArgumentError(f"{where} holds the checkpoint of an earlier run{at}; pass {{}} to continue it or "
+                                    "{} to start over", Arg("resume", True), Arg("overwrite", True))
+            return 0
+        start = self.resume()
+        if start == 0 and resume is True:
+            raise ArgumentError(f"nothing to resume: {where} holds no checkpoint (the earlier run stopped before its "
+                                "first one, or never ran there); run without {} to start", Arg("resume", True))
+        return start
 
     # -- training --------------------------------------------------------------------------
     @torch.no_grad()
@@ -260,18 +407,30 @@ class Trainer:
             count += v_s.numel()
         return total / count
 
-    def _install_sigint(self) -> Any:
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM / SIGHUP: finish the step, checkpoint, stop (a second one: stop now)."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            yield
+            return
 
         def handler(signum: int, frame: Any) -> None:
-            self._stop_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts now
+            first = self._stop_signal is None
+            if first:
+                self._stop_signal = signum
+            if self._phase == "interruptible" or (not first and self._phase != "update"):
+                raise _Abort(signum)
 
-        return signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _train_step(self, ctx: Context, step: int) -> dict[str, float]:
         cfg = self.config
+        self._phase = "compute"  # nothing but gradients changes until the objective's backward is done
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         total = 0.0
@@ -284,6 +443,7 @@ class Trainer:
             for k, v in obj_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
             (loss / cfg.grad_accum).backward()
+        self._phase = "update"
         logs["objective"] = total
         if self.regularizer is not None:
             self.regularizer.normalize_objective_grads()
@@ -307,10 +467,10 @@ class Trainer:
     def _nonfinite(self, step: int, what: str, value: float) -> NonFiniteError:
         self.optimizer.zero_grad(set_to_none=True)
         good = latest_step(self.checkpoint_dir)
-        kept = f"the last good checkpoint (step {good}) is kept in {self.checkpoint_dir}" if good is not None else "no checkpoint was written yet"
-        return NonFiniteError(
-            f"{what} became {value} at step {step + 1}; training stopped, {kept}; lower --lr (or --grad-clip) and re-run with --resume"
-        )
+        kept = (f"the last good checkpoint (step {good}) is kept in {literal(self.checkpoint_dir)}" if good is not None
+                else "no checkpoint was written yet")
+        return NonFiniteError(f"{what} became {value} at step {step + 1}; training stopped, {kept}; lower {{}} "
+                              "(or {}) and re-run with {}", Arg("lr"), Arg("grad_clip"), Arg("resume", True))
 
     def _record(self, step: int, logs: dict[str, float], seconds: float) -> dict[str, Any]:
         record: dict[str, Any] = {"step": step, **logs, "seconds": round(seconds, 4)}
@@ -323,63 +483,103 @@ class Trainer:
         self.log.append(record)
         return record
 
-    def run(self, resume: bool = False, name: str = "model") -> RecoveryResult:
-        cfg = self.config
+    def _elapsed_now(self) -> float:
+        session = getattr(self, "_session", None)
+        return self._elapsed + (time.perf_counter() - session if session is not None else 0.0)
+
+    def _checkpoint_due(self, step: int) -> bool:
+        minutes = self.config.checkpoint_minutes
+        return (step % self.checkpoint_every == 0 or step == self.config.steps
+                or (minutes > 0 and time.perf_counter() - self._last_save >= minutes * 60))
+
+    def run(self, resume: bool | str = False, name: str = "model", overwrite: bool = False) -> RecoveryResult:
+        """Train for ``config.steps`` steps and measure the result.
+
+        resume: ``False`` starts (refusing to discard an earlier run's checkpoint unless
+        ``overwrite``), ``True`` continues the checkpoint in ``work_dir`` (an error without one),
+        ``"auto"`` continues one if there is one, else starts.
+        """
+        resume = check_resume(resume)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_signal, self._phase = None, "interruptible"
+        try:
+            with self._signals():
+                return self._run(resume, name, overwrite)
+        except _Abort as stop:
+            raise self._interrupted(stop.signum, saved=False) from None
+        finally:
+            for n, p in self.teacher.named_parameters():
+                p.requires_grad_(self._teacher_grad.get(n, True))
+
+    def _run(self, resume: bool | str, name: str, overwrite: bool) -> RecoveryResult:
+        cfg = self.config
+        start = self._start(resume, overwrite)
         data = self._teacher_data()
         ctx = self._context(data)
-        start = self.resume() if resume else 0
         if start:
             self.log.resume_at(start)
         else:
             self.log.start()
-        if start == 0:
             self._error_before = self.velocity_error(data, ctx)
-        initial = self._snapshot() if data is not None and cfg.compare_without_recovery else None
-        previous = self._install_sigint()
+            self.initial.capture({n: self._params[n] for n in self.param_names}, dict(self.teacher.named_parameters()))
+        if start:
+            self.rng.load_state_dict(self._resumed_rng)
         k = self.regularizer.k if self.regularizer else len(self.selection or [])
-        started = time.perf_counter()
-        try:
-            with TrainingProgress(cfg.steps, len(self.sites), k, enabled=self.show_progress, start=start) as bar:
-                step = start
-                while step < cfg.steps:
-                    rng = capture_rng(self.generator)  # the state this step starts from
-                    if self._stop_requested:
-                        self.save(step, rng)
-                        raise self._interrupted(step)
-                    t0 = time.perf_counter()
-                    try:
-                        logs = self._train_step(ctx, step)
-                    except KeyboardInterrupt:
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.save(step, rng)
-                        raise self._interrupted(step) from None
-                    step += 1
-                    self.step = step
-                    if self.regularizer is not None:
-                        self.regularizer.after_step(step)
-                    record = self._record(step, logs, time.perf_counter() - t0)
-                    bar.update(step, record["objective"], record["num_linear"])
-                    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                        self.save(step, capture_rng(self.generator))
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-            for n, p in self.teacher.named_parameters():
-                p.requires_grad_(self._teacher_grad.get(n, True))
+        self._session = self._last_save = time.perf_counter()
+        self._phase = "idle"
+        with TrainingProgress(cfg.steps, len(self.sites), k, enabled=self.show_progress, start=start) as bar:
+            step = start
+            while step < cfg.steps:
+                self.rng.capture()  # the state this step starts from
+                if self._stop_signal is not None:
+                    if self._saved_step != step:
+                        self.save(step)
+                    raise self._interrupted(self._stop_signal, saved=True)
+                t0 = time.perf_counter()
+                try:
+                    logs = self._train_step(ctx, step)
+                except (KeyboardInterrupt, _Abort) as stop:
+                    signum = stop.signum if isinstance(stop, _Abort) else signal.SIGINT
+                    untouched = self._phase == "compute" and not self._objective_keeps_state()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if untouched and self._saved_step != step:
+                        self._phase = "save"
+                        self.save(step)  # parameters, optimizer, regularizer: all still as after step ``step``
+                    raise self._interrupted(signum, saved=untouched) from None
+                step += 1
+                self.step = step
+                if self.regularizer is not None:
+                    self.regularizer.after_step(step)
+                record = self._record(step, logs, time.perf_counter() - t0)
+                self._phase = "idle"
+                bar.update(step, record["objective"], record["num_linear"])
+                if self._checkpoint_due(step):
+                    self.rng.capture()
+                    self.save(step)
+        self._elapsed = self._elapsed_now()
+        self._session = None
+        self._phase = "interruptible"  # the last step is checkpointed: a signal now loses only the measurements
+        return self._finish(start, name, data, ctx)
+
+    def _objective_keeps_state(self) -> bool:
+        obj = self._objective_state()
+        return obj is not None and bool(obj.state_dict())
+
+    def _finish(self, start: int, name: str, data: TeacherData | None, ctx: Context) -> RecoveryResult:
+        cfg = self.config
         if self.regularizer is not None:
             if not self.regularizer.hardened:
                 self.regularizer.harden(cfg.steps)
             self.selection = self.regularizer.final_selection()
         metrics: dict[str, Any] = {
             "objective": self.objective.name, "steps": cfg.steps, "resumed_from": start or None,
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": round(self._elapsed, 2),
             "final_loss": self.log.records[-1]["loss"] if self.log.records else None,
             "velocity_error_before": self._error_before, "velocity_error_after": self.velocity_error(data, ctx),
         }
-        if initial is not None:  # same final selection, weights as they were before training
+        if data is not None and cfg.compare_without_recovery:  # same final selection, weights as before training
             trained = self._snapshot()
-            self._load(initial)
+            self.initial.load_into(self._params, dict(self.teacher.named_parameters()))
             metrics["velocity_error_without_recovery"] = self.velocity_error(data, ctx)
             self._load(trained)
         return RecoveryResult(self.selection, metrics, set(self.base_trained), self.log.records,
@@ -393,10 +593,17 @@ class Trainer:
         for name, value in values.items():
             self._params[name].copy_(value)
 
-    def _interrupted(self, step: int) -> TrainingInterrupted:
-        return TrainingInterrupted(
-            f"interrupted at step {step}; checkpoint saved in {self.checkpoint_dir}; run again with --resume to continue"
-        )
+    def _interrupted(self, signum: int, saved: bool) -> TrainingInterrupted:
+        what = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else f"signal {signum}"
+        where = literal(self.checkpoint_dir)
+        if saved:
+            kept = f"checkpoint of step {self._saved_step} saved in {where}"
+        elif self._saved_step is not None:
+            kept = f"the checkpoint of step {self._saved_step} in {where} is kept"
+        else:
+            kept = "no checkpoint was written yet (finished teacher trajectories are kept)"
+        return TrainingInterrupted(f"stopped by {what} at step {self.step}; {kept}; run the same command with {{}} to "
+                                   "continue", Arg("resume", True), signum=signum)
 
     def _write_report(self, name: str, metrics: dict[str, Any]) -> Path:
         reg = self.regularizer

@@ -82,7 +82,7 @@ def test_cli_optimize_with_recovery_and_resume(repo, tmp_path):
     out = tmp_path / "lin70"
     args = ["optimize", str(repo / "examples/tiny_wan/model.py"), "--target-linear", "0.7", "--out", str(out),
             "--steps", "4", "--samples", "1", "--teacher-steps", "2", "--checkpoint-every", "2", "--quiet"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--keep-work"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "lincompress.json").read_text())
     assert manifest["num_linear"] == 4 and manifest["selection_method"] == "selective_transfer"

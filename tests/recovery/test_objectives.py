@@ -50,5 +50,5 @@ def test_unknown_objective_and_missing_teacher_data_are_user_errors(tmp_path):
     state = hybrid_state(depth=1)
     trainer = Trainer(state.target, state.model, RecoveryConfig(objective="mse", steps=1, samples=0), tmp_path,
                       selection=[], progress=False)
-    with pytest.raises(LinCompressError, match="--samples >= 1"):
+    with pytest.raises(LinCompressError, match="trains on teacher trajectories; give samples >= 1"):
         trainer.run()

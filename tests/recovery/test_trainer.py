@@ -1,4 +1,4 @@
-"""Checkpoint / resume (bit-exact on CPU), Ctrl-C, the NaN guard, and what training records."""
+"""Checkpoint / resume (bit-exact on CPU, same reported numbers), signals, the NaN guard, what training records."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pytest
 import torch
 
 from tiny_targets import hybrid_state
-from lincompress.recovery.checkpoint import latest_step, load_checkpoint
+from lincompress.config import ArgumentError
+from lincompress.recovery.checkpoint import OptimizerState, TensorDict, latest_step, load_checkpoint
 from lincompress.recovery.objectives import ADM
 from lincompress.recovery.selective import SelectiveConfig
 from lincompress.recovery.trainer import NonFiniteError, RecoveryConfig, Trainer, TrainingInterrupted
+
+# what may differ between an interrupted+resumed run and an uninterrupted one: wall time, where it resumed
+RUN_FACTS = ("seconds", "resumed_from")
 
 STEPS = 10
 
@@ -32,8 +36,8 @@ class Faulty(ADM):
         if self.calls - 1 == self.at:
             if self.fault == "interrupt":
                 raise KeyboardInterrupt
-            if self.fault == "sigint":
-                signal.raise_signal(signal.SIGINT)
+            if self.fault in ("sigint", "sigterm"):
+                signal.raise_signal(signal.SIGINT if self.fault == "sigint" else signal.SIGTERM)
             if self.fault == "nan_loss":
                 loss = loss * float("nan")
             if self.fault == "nan_grad":
@@ -42,9 +46,56 @@ class Faulty(ADM):
         return loss, logs
 
 
-def _trainer(work_dir, objective=None) -> Trainer:
+@dataclass
+class FakeScoreADM(ADM):
+    """ADM with an auxiliary trainable network and its own optimizer (like a DMD fake-score model).
+
+    Its state reaches checkpoints only through ``state_dict`` / ``load_state_dict``: the trainer
+    must save and restore it generically for a resumed run to match an uninterrupted one.
+    """
+
+    name = "adm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        torch.manual_seed(5)
+        self.net = torch.nn.Linear(4, 4)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-2)
+
+    def loss(self, ctx, batch):
+        loss, logs = super().loss(ctx, batch)
+        x = torch.randn(batch, 4, generator=ctx.generator)
+        self.opt.zero_grad()
+        aux = self.net(x).pow(2).mean()
+        aux.backward()
+        self.opt.step()
+        shift = self.net.weight.sum().detach() * 1e-3  # the student's loss depends on the aux network
+        return loss * (1 + shift), {**logs, "aux": aux.item()}
+
+    def state_dict(self):
+        return {"net": dict(self.net.state_dict()), "optimizer": OptimizerState(self.net, self.opt).state_dict()}
+
+    def load_state_dict(self, state):
+        self.net.load_state_dict(state["net"])
+        OptimizerState(self.net, self.opt).load_state_dict(state["optimizer"])
+
+
+@dataclass
+class FaultyFakeScore(FakeScoreADM):
+    at: int = -1
+    calls: int = 0
+
+    def loss(self, ctx, batch):
+        self.calls += 1
+        if self.calls - 1 == self.at:
+            signal.raise_signal(signal.SIGTERM)
+        return super().loss(ctx, batch)
+
+
+def _trainer(work_dir, objective=None, **overrides) -> Trainer:
     state = hybrid_state(depth=3)
-    config = RecoveryConfig(steps=STEPS, batch_size=2, samples=2, teacher_steps=2, checkpoint_every=3, lr=1e-3)
+    settings = dict(steps=STEPS, batch_size=2, samples=2, teacher_steps=2, checkpoint_every=3, lr=1e-3) | overrides
+    config = RecoveryConfig(**settings)
     return Trainer(state.target, state.model, config, work_dir, selective=SelectiveConfig(target_linear=0.67),
                    objective=objective, progress=False)
 
@@ -65,15 +116,26 @@ def uninterrupted(tmp_path_factory):
     return _weights(trainer), result, [s.mode for _, s in trainer.sites]
 
 
-@pytest.mark.parametrize(("fault", "saved_at"), [("interrupt", 6), ("sigint", 7)])
-def test_resume_after_interrupt_equals_uninterrupted(uninterrupted, tmp_path, fault, saved_at):
+def _same_metrics(got: dict, want: dict) -> None:
+    assert {k: v for k, v in got.items() if k not in RUN_FACTS} == {k: v for k, v in want.items() if k not in RUN_FACTS}
+
+
+# interrupt: a KeyboardInterrupt inside the objective (nothing but gradients changed yet) checkpoints step 6;
+# sigint / sigterm: the signal lets step 7 finish, then checkpoints it
+@pytest.mark.parametrize(("fault", "saved_at", "signum"),
+                         [("interrupt", 6, signal.SIGINT), ("sigint", 7, signal.SIGINT), ("sigterm", 7, signal.SIGTERM)])
+def test_resume_after_interrupt_equals_uninterrupted(uninterrupted, tmp_path, fault, saved_at, signum):
     weights, result, modes = uninterrupted
-    with pytest.raises(TrainingInterrupted, match=f"interrupted at step {saved_at}.*--resume"):
+    with pytest.raises(TrainingInterrupted, match=f"stopped by {signum.name} at step {saved_at}; checkpoint of step "
+                                                  f"{saved_at} saved .*resume=True") as stopped:
         _trainer(tmp_path, Faulty(at=6, fault=fault)).run()
+    assert stopped.value.exit_code == 128 + signum
     assert latest_step(tmp_path / "checkpoints") == saved_at
     resumed = _trainer(tmp_path)
     again = resumed.run(resume=True)
     assert again.metrics["resumed_from"] == saved_at
+    _same_metrics(again.metrics, result.metrics)  # velocity error before / without recovery come from the checkpoint
+    assert again.metrics["seconds"] >= 0.5 * result.metrics["seconds"] * saved_at / STEPS  # earlier session counted
     assert again.selection == result.selection and [s.mode for _, s in resumed.sites] == modes
     got = _weights(resumed)
     assert got.keys() == weights.keys()
@@ -89,9 +151,11 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, fault):
     trainer = _trainer(tmp_path, Faulty(at=7, fault=fault))
     with pytest.raises(NonFiniteError, match=r"at step 8; training stopped, the last good checkpoint \(step 6\)"):
         trainer.run()
-    ckpt = load_checkpoint(tmp_path / "checkpoints")
+    params = TensorDict()
+    ckpt = load_checkpoint(tmp_path / "checkpoints", {"model": params})
     assert ckpt is not None and ckpt.step == 6
-    assert all(torch.isfinite(v).all() for v in ckpt.params.values())
+    assert params.tensors.keys() == set(trainer.param_names)
+    assert all(torch.isfinite(v).all() for v in params.tensors.values())
     assert all(torch.isfinite(p).all() for p in trainer.student.parameters())  # no nan update was applied
 
 
@@ -103,3 +167,81 @@ def test_training_records_modified_parameters_and_writes_a_report(uninterrupted,
     assert "## Final selection" in report and "selection_scores.png" in report
     assert (result.report.parent / "recovery_loss.png").stat().st_size > 1000
     assert all("scores" in r and "num_linear" in r for r in result.records)
+
+
+def test_an_objectives_own_state_is_checkpointed_and_restored(tmp_path):
+    """An objective with an auxiliary network + optimizer: the resumed run equals the uninterrupted one."""
+    full = _trainer(tmp_path / "full", FakeScoreADM(), steps=6)
+    want = full.run()
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 4"):
+        _trainer(tmp_path / "cut", FaultyFakeScore(at=3), steps=6).run()
+    again = _trainer(tmp_path / "cut", FakeScoreADM(), steps=6)
+    got = again.run(resume=True)
+    assert torch.equal(again.objective.net.weight, full.objective.net.weight)
+    for name, value in _weights(full).items():
+        assert torch.equal(_weights(again)[name], value), name
+    _same_metrics(got.metrics, want.metrics)
+
+
+def test_a_second_signal_mid_step_keeps_the_last_checkpoint_of_a_stateful_objective(tmp_path):
+    """Its auxiliary optimizer may have stepped already: saving then would record a half-done step as done."""
+
+    @dataclass
+    class TwoSignals(FakeScoreADM):
+        calls: int = 0
+
+        def loss(self, ctx, batch):
+            loss, logs = super().loss(ctx, batch)  # the auxiliary optimizer has stepped
+            self.calls += 1
+            if self.calls == 5:
+                signal.raise_signal(signal.SIGTERM)  # first: finish the step ...
+                signal.raise_signal(signal.SIGTERM)  # second: stop now
+            return loss, logs
+
+    with pytest.raises(TrainingInterrupted, match=r"the checkpoint of step 3 .* is kept"):
+        _trainer(tmp_path, TwoSignals(), steps=6).run()
+    assert latest_step(tmp_path / "checkpoints") == 3
+
+
+def test_resume_refuses_to_fake_or_discard_work(tmp_path):
+    with pytest.raises(ArgumentError, match="nothing to resume: .* holds no checkpoint.*without resume=True"):
+        _trainer(tmp_path, steps=2).run(resume=True)
+    _trainer(tmp_path, steps=2, checkpoint_every=1).run()
+    with pytest.raises(ArgumentError, match=r"holds the checkpoint of an earlier run \(step 2\); pass resume=True "
+                                            "to continue it or overwrite=True to start over"):
+        _trainer(tmp_path, steps=2).run()
+    assert _trainer(tmp_path, steps=3).run(resume="auto").metrics["resumed_from"] == 2  # continue to step 3
+    fresh = _trainer(tmp_path, steps=2).run(overwrite=True)
+    assert fresh.metrics["resumed_from"] is None and latest_step(tmp_path / "checkpoints") == 2
+    assert _trainer(tmp_path / "new", steps=1).run(resume="auto").metrics["resumed_from"] is None
+    with pytest.raises(ArgumentError, match="resume='yes' must be False, True or 'auto'"):
+        _trainer(tmp_path, steps=1).run(resume="yes")
+
+
+def test_checkpoints_default_to_a_tenth_of_the_run_and_a_time_limit(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, steps=20, checkpoint_every=None)
+    assert trainer.checkpoint_every == 2
+    assert _trainer(tmp_path, steps=5, checkpoint_every=None).checkpoint_every == 1
+    saved = []
+    monkeypatch.setattr("lincompress.recovery.trainer.save_checkpoint", lambda d, step, *a, **k: saved.append(step))
+    monkeypatch.setattr("lincompress.recovery.trainer.write_report", lambda work_dir, *a: work_dir / "report.md")
+    clock = iter(range(0, 10_000, 100))  # every perf_counter call advances 100 s: a checkpoint is always due by time
+    monkeypatch.setattr("lincompress.recovery.trainer.time.perf_counter", lambda: float(next(clock)))
+    _trainer(tmp_path / "timed", steps=4, checkpoint_every=100, checkpoint_minutes=1.0).run()
+    assert saved == [1, 2, 3, 4]
+    saved.clear()
+    _trainer(tmp_path / "untimed", steps=4, checkpoint_every=100, checkpoint_minutes=0).run()
+    assert saved == [4]  # only the last step
+
+
+def test_a_shared_cache_is_reused_for_the_same_settings_and_never_overwritten_by_others(tmp_path):
+    cache = tmp_path / "cache"
+    _trainer(tmp_path / "a", steps=1, cache_dir=str(cache)).run()
+    (first,) = cache.glob("teacher-*")
+    shard = next(first.glob("shard-*.safetensors"))
+    stamp = shard.stat().st_mtime_ns
+    _trainer(tmp_path / "b", steps=1, cache_dir=str(cache)).run()  # same teacher and settings: reused as is
+    assert shard.stat().st_mtime_ns == stamp
+    _trainer(tmp_path / "c", steps=1, cache_dir=str(cache), teacher_steps=3).run()  # other settings: their own
+    assert len(list(cache.glob("teacher-*"))) == 2 and shard.stat().st_mtime_ns == stamp
+    assert not (tmp_path / "a" / "teacher").exists()

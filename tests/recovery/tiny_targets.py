@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
 from lincompress import Pipeline, Target, passes
 from zoo import HandWrittenDiT
@@ -12,7 +13,12 @@ LATENT = (4, 4, 4)  # 4 tokens after 2x2 patches: every forward is well under a 
 CONTEXT_LEN, CONTEXT_DIM = 3, 8
 
 
-def recovery_target(depth: int = 4, scheduler: bool = True, seed: int = 0) -> Target:
+def recovery_target(depth: int = 4, scheduler: bool | Any = True, seed: int = 0) -> Target:
+    """``scheduler``: True (diffusers' flow-matching Euler, shift 2), False (none) or a scheduler object."""
+    if scheduler is True:
+        from diffusers import FlowMatchEulerDiscreteScheduler  # imported here: it costs seconds per process
+
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=2.0)
     torch.manual_seed(seed)
     model = HandWrittenDiT(channels=4, dim=16, heads=2, depth=depth, context_dim=CONTEXT_DIM).eval()
 
@@ -25,7 +31,7 @@ def recovery_target(depth: int = 4, scheduler: bool = True, seed: int = 0) -> Ta
                 **conditions(batch, g)}
 
     return Target(model=model, example_inputs=example_inputs, conditions=conditions, latent_shape=LATENT,
-                  scheduler=FlowMatchEulerDiscreteScheduler(shift=2.0) if scheduler else None, name="tiny-hand")
+                  scheduler=scheduler or None, name="tiny-hand")
 
 
 def hybrid_state(depth: int = 4, **kwargs):
