@@ -106,9 +106,10 @@ class SelectiveRegularizer:
             for g in grads:
                 g.div_(scale)
 
-    def _freeze(self, name: str, site: HybridAttention, step: int) -> None:
+    def _freeze(self, name: str, site: HybridAttention, step: int, score: bool = True) -> None:
         site.set_mode("linear")
-        site.set_score(0.0)
+        if score:
+            site.set_score(0.0)
         site.score_logit.requires_grad_(False)
         site.score_logit.grad = None
         self.frozen[name] = step
@@ -167,8 +168,8 @@ class SelectiveRegularizer:
         unknown = [n for n in state.get("frozen", {}) if n not in by_name]
         if unknown:
             raise LinCompressError(f"checkpoint names sites this model lacks ({unknown[0]}); resume with the same model and settings")
-        for name, step in state.get("frozen", {}).items():
-            self._freeze(name, by_name[name], int(step))
+        for name, step in state.get("frozen", {}).items():  # (a site hardened linear kept its trained score)
+            self._freeze(name, by_name[name], int(step), score=False)
         if state.get("selection") is not None:
             self.harden(max(self.frozen.values(), default=0), state["selection"])
 
