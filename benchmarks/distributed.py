@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))  # building / discovery run on the CPU
+    # building / discovery run on the CPU; CPU training (--smoke) takes one thread per process in every run, so
+    # the 1- and N-process timings compare the same work rather than thread oversubscription of tiny ops
+    torch.set_num_threads(1 if not cuda else max(1, (os.cpu_count() or 2) // world))
     t0 = time.perf_counter()
     target = _target(args.worker, args.frame, "cpu")
     row: dict = {"nproc": world, "grad_accum": args.grad_accum, "latent": list(target.latent_shape),
@@ -197,6 +200,21 @@ def _job(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.Comp
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
+def job_error(stderr: str) -> str:
+    """What a failed job died of: out of memory, a timeout, else the last ``...Error: message`` line of its output.
+
+    torchrun ends a failure with its own summary (rules of ``=``, ``ChildFailedError``), which names no cause.
+    """
+    if "OutOfMemoryError" in stderr or "CUDA out of memory" in stderr:
+        return "out of memory"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if lines and lines[-1].startswith("timed out after"):
+        return lines[-1]
+    causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", line)
+              and "ChildFailedError" not in line]
+    return (causes or [line for line in lines if set(line) - set("=-")] or ["?"])[-1][:300]
+
+
 def _run(part: str, nproc: int, frame: int, grad_accum: int, args) -> dict:
     """One configuration as its own torchrun job; a failed job (an OOM) is a row with ``ok: False``."""
     row_file = Path(tempfile.mkstemp(prefix="row-", suffix=".json")[1])
@@ -211,7 +229,7 @@ def _run(part: str, nproc: int, frame: int, grad_accum: int, args) -> dict:
     done = _job(cmd, env, args.job_timeout)
     row = json.loads(row_file.read_text()) if done.returncode == 0 and row_file.stat().st_size else {
         "nproc": nproc, "grad_accum": grad_accum, "ok": False, "returncode": done.returncode,
-        "error": "out of memory" if "OutOfMemoryError" in done.stderr else (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        "error": job_error(done.stderr), "stderr_tail": done.stderr[-3000:]}
     row_file.unlink(missing_ok=True)
     row["frames"], row["job_s"] = frame, round(time.perf_counter() - start, 1)
     peak = f", peak {row['peak_memory_gib']:.1f} GiB/GPU" if row.get("peak_memory_gib") is not None else ""

@@ -72,3 +72,16 @@ def test_a_job_past_its_timeout_is_stopped_with_its_workers_and_says_so():
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running()
+
+
+def test_a_failed_jobs_row_names_its_cause_not_torchruns_summary():
+    torchrun_tail = ("Traceback (most recent call last):\n  File \"x.py\", line 3\n"
+                     "RuntimeError: [../gloo/transport/tcp/pair.cc:534] Connection closed by peer\n"
+                     "E1201 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1)\n"
+                     "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+                     "============================================================\n")
+    assert distributed.job_error(torchrun_tail) == (
+        "RuntimeError: [../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    assert distributed.job_error("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate") == "out of memory"
+    assert distributed.job_error("...\ntimed out after 5 s (--job-timeout)") == "timed out after 5 s (--job-timeout)"
+    assert distributed.job_error("killed\n=====\n") == "killed"
