@@ -28,7 +28,7 @@ from lincompress.api import SELECTIONS, compress
 from lincompress.commands._options import ARGV, config_options, given, objective_options, pop_objective_options
 from lincompress.commands._target import resolution_warnings
 from lincompress.config import Arg, ArgumentError
-from lincompress.distill_config import DistillConfig
+from lincompress.distill_config import DistillConfig, check_processes
 from lincompress.distributed import is_main
 from lincompress.distributed.launch import launch, process_group_from_env, should_launch
 from lincompress.guidance import GuidanceConfig, student_guidance_of
@@ -79,6 +79,8 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, resum
     chosen = given(options)
     _objective_options(chosen, objective_flags)
     if should_launch(chosen.get("nproc")):  # N processes, each running this command line
+        if "student_steps" in chosen:  # refused before any worker starts
+            check_processes(chosen["nproc"], chosen.get("distill_steps", chosen.get("steps")))
         launch(click.get_current_context().meta[ARGV], chosen["nproc"], chosen.get("device"))
         return
     with process_group_from_env(chosen.get("device")):
