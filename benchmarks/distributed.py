@@ -33,6 +33,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -171,10 +172,12 @@ def worker(args) -> None:
                 "samples_per_s": world * args.grad_accum / (sum(times) / len(times)),
                 "peak_memory_gib_per_gpu": peaks, "peak_memory_gib": max(peaks) if cuda else None,
                 "device": torch.cuda.get_device_name(device) if cuda else "cpu", "local_rank": local_rank()})
-    if rank == 0:
-        Path(args.row_file).write_text(json.dumps(row, indent=1))
     if dist.is_initialized():
+        dist.barrier()  # every rank is done with the work dir
         dist.destroy_process_group()
+    if rank == 0:
+        shutil.rmtree(work, ignore_errors=True)  # metrics of a timing run: nothing to keep
+        Path(args.row_file).write_text(json.dumps(row, indent=1))
 
 
 # ----------------------------------------------------------------------------- driver

@@ -14,8 +14,11 @@ import distributed  # noqa: E402
 
 
 @pytest.mark.slow
-def test_smoke_times_one_and_two_processes_on_the_same_global_batch(tmp_path):
+def test_smoke_times_one_and_two_processes_on_the_same_global_batch(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the jobs' temporary files
     results = distributed.main(["--smoke", "--out", str(tmp_path)])
+    assert not list((tmp_path / "tmp").glob("lincompress-*"))  # the jobs removed their work dirs
     saved = json.loads((tmp_path / "distributed_smoke.json").read_text())
     assert saved == results
     smoke = saved["smoke"]
