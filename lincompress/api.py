@@ -11,6 +11,12 @@ the teacher's guidance, a pipeline's resolution: ``prompts_file=``, ``guidance_s
 ``height=``...; applied to the model.py's target, or to a copy of a given Target). An
 option the chosen recipe does not use is an error, not silently ignored. ``lincompress optimize`` is ``compress`` with these
 options as flags.
+
+Several GPUs: call ``compress`` / ``recover`` in every process of an initialised process group
+(``torch.distributed.init_process_group``, e.g. under ``torchrun``; ``lincompress.distributed.init_from_env()``
+makes it from torchrun's environment). Recovery then trains data-parallel with FSDP2 over the group
+(``nproc=``, when given, must equal its size), rank 0 writes the artifact and the report, and every
+rank returns the same trained model (``lincompress.distributed``).
 """
 
 from __future__ import annotations
@@ -192,7 +198,10 @@ def compress(
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
     state = pipeline.run(configure_target(target, _target_options(opts)))
     if out_dir is not None and not keep_work:  # done: checkpoints and caches only served a resume
-        shutil.rmtree(Path(out_dir) / WORK_DIR, ignore_errors=True)
+        from lincompress.distributed import is_main
+
+        if is_main():  # several processes: rank 0 alone, after the Save and Report it ran
+            shutil.rmtree(Path(out_dir) / WORK_DIR, ignore_errors=True)
         for gone in ("recovery_dir", "distill_dir", "cache_dir"):
             state.outputs.pop(gone, None)
     return state

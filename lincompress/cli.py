@@ -5,6 +5,8 @@ click command named ``command``; this file only collects them. User errors
 (``LinCompressError``, and click's own usage errors) print as one line and exit 2, never
 as a traceback; an ``ArgumentError`` is printed with the subcommand's flag names. A
 ``LinCompressWarning`` prints as one ``warning:`` line (an ``ArgumentWarning`` with flag names).
+In a worker of ``--nproc N`` (``lincompress.distributed.launch``) failures are recorded for the
+launcher, which prints the first one; under torchrun they go to its failure summary too.
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import traceback
 import warnings
 
 import click
 
 import lincompress.commands as commands_pkg
-from lincompress.commands._options import flag_names
+from lincompress.commands._options import ARGV, flag_names
 from lincompress.config import ArgumentError, ArgumentWarning, default_flag
+from lincompress.distributed import launch
 from lincompress.errors import LinCompressError, LinCompressWarning
 
 
 class _FriendlyGroup(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        given = list(args)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[ARGV] = given
+        return ctx
+
     def invoke(self, ctx: click.Context):
         def flag_of(name: str) -> str:  # the subcommand is known once super().invoke has parsed it
             sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
@@ -47,11 +57,21 @@ class _FriendlyGroup(click.Group):
             self._fail(str(exc), getattr(exc, "exit_code", 2))
         except click.UsageError as exc:
             self._fail(exc.format_message())
+        except Exception as exc:
+            if not launch.env_world_size() > 1:
+                raise
+            details = traceback.format_exc()  # a worker of several: record it (the launcher prints the first)
+            if launch.report_failure(f"{type(exc).__name__}: {exc}", 1, details):
+                sys.exit(1)
+            raise
 
     @staticmethod
     def _fail(message: str, code: int = 2) -> None:
         """One red line; exit 2 (bad input), or 128 + N for a run stopped by signal N (the shell's convention)."""
-        click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+        line = " ".join(message.split())
+        if launch.env_world_size() > 1 and launch.report_failure(line, code):
+            sys.exit(code)  # a launched worker on the launcher's terminal: the launcher prints the root cause
+        click.secho(f"error: {line}", fg="red", err=True)
         sys.exit(code)
 
 

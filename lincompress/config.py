@@ -133,6 +133,14 @@ def seed_option() -> Any:
     return option(0, help="Random seed.")
 
 
+def nproc_option() -> Any:
+    """Processes (GPUs) a training pass runs on; how to run, so not recorded."""
+    return option(None, low=1, record=False, metavar="N",
+                  help="Processes (one per GPU) to train on; lincompress optimize starts them itself. With a running "
+                       "process group (torchrun: leave this out) it must equal the group's size [default: the "
+                       "group's size, else 1].")
+
+
 def feature_map_option(help: str = "Feature map of the linear attention branch.") -> Any:
     from lincompress.feature_maps import FEATURE_MAPS
 

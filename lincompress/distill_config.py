@@ -66,9 +66,30 @@ def _training_fields() -> list[tuple[str, Any, Any]]:
     return out
 
 
+def check_processes(processes: int | None, distill_steps: int | None, group: bool = False) -> None:
+    """Refuse to train the distillation stage on several processes, before any work.
+
+    DMD2's fake-score network and its optimizer are built by the objective itself and are not
+    data-parallel: on N processes each would train apart. ``processes``: the ``nproc`` option,
+    or (``group=True``) the size of the running process group. ``distill_steps`` None: the
+    default (``steps``), which trains; 0 only records the sampler and runs anywhere.
+    """
+    if processes is None or processes <= 1 or distill_steps == 0:
+        return
+    why = ("the distillation stage ({}) trains on one process only (it is not data-parallel: "
+           "DMD2's fake-score network and its optimizer would train apart on every process)")
+    if group:
+        raise ArgumentError(why + f", and this process is one of {processes} of a process group (torchrun, "
+                            "torch.distributed.init_process_group); run distillation in a single process",
+                            Arg("student_steps"))
+    raise ArgumentError(why + ", and {} asks for several; run distillation on one process: leave out {}",
+                        Arg("student_steps"), Arg("nproc", processes), Arg("nproc"))
+
+
 def _check(self: Any) -> None:
     if self.distill_steps is None:
         self.distill_steps = field_default(RecoveryConfig, "steps")
+    check_processes(self.nproc, self.distill_steps)
     if self.distill_grad_steps > self.student_steps:
         raise ArgumentError("{} must be <= {} (gradient through more steps than the student samples)",
                             Arg("distill_grad_steps", self.distill_grad_steps), Arg("student_steps", self.student_steps))

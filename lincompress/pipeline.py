@@ -234,6 +234,18 @@ def _describe(options: list[str]) -> tuple[str, str]:
     return " or ".join(what), " or ".join(dict.fromkeys(made))
 
 
+def _run_pass(p: Any, state: State) -> State:
+    """``p.run(state)``; a pass that writes shared files (``main_process_only``) runs on rank 0 of a process group."""
+    if getattr(p, "main_process_only", False):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from lincompress.distributed.passes import run_on_main
+
+            return run_on_main(p, state)
+    return p.run(state)
+
+
 class Pipeline:
     """Checks the order of its passes, runs them, and records what each took; ``run(target)`` returns the State."""
 
@@ -269,7 +281,7 @@ class Pipeline:
         self.check(state)
         for p in self.passes:
             start = time.perf_counter()
-            state = p.run(state)
+            state = _run_pass(p, state)
             if not isinstance(state, State):
                 raise TypeError(f"pass {p.name!r} returned {type(state).__name__}, not a lincompress State")
             state.provided |= set(_produces(p)) - _TYPED_FACTS

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lincompress.config import Arg, ArgumentError, PassConfig, device_option, option, seed_option
+from lincompress.config import Arg, ArgumentError, PassConfig, device_option, nproc_option, option, seed_option
 from lincompress.guidance import STUDENT_GUIDANCE
 from lincompress.selection import target_linear_option
 
@@ -39,14 +39,15 @@ class RecoveryConfig(PassConfig):
     steps: int = option(2000, low=0, help="Recovery training steps (0: none).")
     objective_options: dict[str, Any] = option(
         default_factory=dict, cli=False, help="Keyword arguments of the objective (the CLI: --<objective>-<option>).")
-    batch_size: int = option(1, low=1, help="Samples per training step.")
+    batch_size: int = option(1, low=1, help="Samples per micro-batch.")
     lr: float = option(1e-5, low=0.0, help="Learning rate of the base model's parameters.")
     lr_feature_maps: float = option(1e-3, low=0.0, help="Learning rate of the feature maps.")
     lr_score: float | None = option(None, low=0.0, help="Learning rate of the selection scores [default: 10/steps].")
     weight_decay: float = option(0.0, low=0.0, help="AdamW weight decay (not applied to the scores).")
     train: str = option("all", choices=TRAINABLE,
                         help="Which parameters train: all, attention (attention modules + sites), feature_maps (sites only).")
-    grad_accum: int = option(1, low=1, help="Micro-batches per optimizer step.")
+    grad_accum: int = option(1, low=1, help="Micro-batches per optimizer step on each process (a step trains on "
+                                            "nproc x grad_accum x batch_size samples).")
     grad_clip: float = option(1.0, help="Gradient-norm clip (<= 0: none; non-finite gradients still stop the run).")
     checkpoint_every: int | None = option(None, low=1, record=False,
                                           help="Steps between checkpoints [default: a tenth of --steps, at least 1].")
@@ -56,6 +57,7 @@ class RecoveryConfig(PassConfig):
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward (less memory).")
     autocast: bool | None = option(None, help="bf16 autocast [default: on CUDA, off on CPU].")
     device: str | None = device_option()
+    nproc: int | None = nproc_option()
     seed: int = seed_option()
     samples: int = option(8, low=0, help="Teacher trajectories to generate and cache (0: none).")
     teacher_steps: int = option(8, low=1, help="Teacher sampler steps per trajectory.")

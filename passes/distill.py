@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lincompress.distill_config import DistillConfig
+from lincompress.distill_config import DistillConfig, check_processes
 from lincompress.config import Arg, ArgumentError
 from lincompress.errors import LinCompressError
 from lincompress.guidance import GuidanceConfig
@@ -45,6 +45,9 @@ class Distill(RecordedPass):
     Recover) or else in the preceding Recover's work directory, so they are built once.
     ``resume`` and ``overwrite`` are Recover's (``False`` / ``True`` / ``"auto"``). None of
     these is recorded.
+
+    It trains on one process only: under a process group of several (or with ``nproc > 1``)
+    its preflight refuses it, since DMD2's fake-score network and optimizer are not data-parallel.
     """
 
     name = "distill"
@@ -73,7 +76,10 @@ class Distill(RecordedPass):
         return ("selection", "distilled")
 
     def check(self, state: State) -> None:
+        from lincompress.distributed.context import world_size
         from lincompress.outputs import check_location
+
+        check_processes(world_size(), self.config.distill_steps, group=True)
         from lincompress.recovery.sampling import check_flow_scheduler
 
         check_flow_scheduler(state.target.scheduler)

@@ -36,6 +36,10 @@ class Recover(RecordedPass):
     ``work_dir`` holding an earlier run's checkpoint unless ``overwrite``), ``True``
     continues that checkpoint (an error without one), ``"auto"`` continues one if there is
     one. These say how to run, so the recipe does not record them.
+
+    Under an initialised process group of several processes every rank runs the pass: training is
+    data-parallel with FSDP2 (``lincompress.recovery.data_parallel``), the work directory is rank
+    0's (shared by all), and every rank ends with the same trained ``model``.
     """
 
     name = "recover"
@@ -88,14 +92,20 @@ class Recover(RecordedPass):
     def convert(self, model: nn.Module, config: RecoveryConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
         from lincompress.recovery.trainer import Trainer
 
-        work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="lincompress-recover-"))
+        from lincompress.distributed.context import DistributedContext, rank, world_size
+
+        group = DistributedContext(rank(), world_size())  # several processes share one work directory
+        work_dir = self.work_dir or Path(group.broadcast(tempfile.mkdtemp(prefix="lincompress-recover-")
+                                                         if group.is_main else None))
         home = next(model.parameters()).device
         trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,
                           selection=state.selection, progress=self.progress)
         try:
             result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
+            group.barrier()
             if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
-                trainer.discard_bulk()
+                if group.is_main:
+                    trainer.discard_bulk()
             else:  # a later stage (Distill) reuses the teacher trajectories and prompt embeddings
                 state.outputs["cache_dir"] = work_dir
         finally:
@@ -135,6 +145,7 @@ class Report(BasePass):
 
     name = "report"
     config_class = ReportConfig
+    main_process_only = True  # several processes: rank 0 copies the report
 
     @property
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]

@@ -20,6 +20,7 @@ class Save(BasePass):
     config_class = SaveConfig
     requires = ("fixed",)
     produces = ("artifact",)
+    main_process_only = True  # several processes: rank 0 writes the artifact (lincompress.distributed.passes)
 
     def check(self, state: State) -> None:
         from lincompress.artifacts import check_out_dir

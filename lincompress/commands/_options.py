@@ -26,6 +26,7 @@ from click.core import ParameterSource
 from lincompress.config import ConfigField, PassConfig, config_fields, default_flag
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+ARGV = "lincompress.argv"  # click ctx.meta key: the command line as given (what --nproc runs in each process)
 
 
 def _merged(configs: Iterable[type[PassConfig]], exclude: Iterable[str]) -> list[ConfigField]:

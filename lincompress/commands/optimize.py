@@ -11,6 +11,12 @@ if there is a checkpoint, else start); it is removed after success unless ``--ke
 Every field of the passes' configs is a flag here (``commands/_options.py``), and every
 objective field is ``--<objective>-<field>`` (e.g. ``--adm-grad-steps``); so is every
 ``TargetOptions`` field (``--prompts FILE --guidance-scale --height --width --frames``...).
+
+``--nproc N`` trains on N processes (GPUs): the command starts them itself
+(``lincompress.distributed.launch``) and each runs this command again; so does
+``torchrun --nproc-per-node N -m lincompress optimize ...`` (without ``--nproc``, which torchrun's
+own parser would take for ``--nproc-per-node``). Each worker creates the process group from
+torchrun's environment; rank 0 prints and writes the artifact.
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ import click
 from rich.console import Console
 
 from lincompress.api import SELECTIONS, compress
-from lincompress.commands._options import config_options, given, objective_options, pop_objective_options
+from lincompress.commands._options import ARGV, config_options, given, objective_options, pop_objective_options
 from lincompress.commands._target import resolution_warnings
 from lincompress.config import Arg, ArgumentError
+from lincompress.distill_config import DistillConfig, check_processes
+from lincompress.distributed import is_main
+from lincompress.distributed.launch import launch, process_group_from_env, should_launch
 from lincompress.guidance import GuidanceConfig, student_guidance_of
 from lincompress.passes.find_attention import FindAttentionConfig
 from lincompress.passes.hybridize import HybridizeConfig
 from lincompress.passes.select import SelectConfig
 from lincompress.passes.selective_transfer import GreedySelectConfig
-from lincompress.distill_config import DistillConfig
 from lincompress.recovery_config import RecoveryConfig, SelectiveConfig
 from lincompress.target import TargetOptions
 
@@ -70,9 +78,20 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, resum
     objective_flags = pop_objective_options(options)
     chosen = given(options)
     _objective_options(chosen, objective_flags)
-    console = Console(stderr=True)
+    if should_launch(chosen.get("nproc")):  # N processes, each running this command line
+        if "student_steps" in chosen:  # refused before any worker starts
+            check_processes(chosen["nproc"], chosen.get("distill_steps", chosen.get("steps")))
+        launch(click.get_current_context().meta[ARGV], chosen["nproc"], chosen.get("device"))
+        return
+    with process_group_from_env(chosen.get("device")):
+        _optimize(model_py, out_dir, select, "auto" if resume_or_start else resume, overwrite, keep_work, quiet, chosen)
+
+
+def _optimize(model_py: str, out_dir: str, select: str | None, resume: bool | str, overwrite: bool, keep_work: bool,
+              quiet: bool, chosen: dict) -> None:
+    console = Console(stderr=True, quiet=not is_main())  # one voice: rank 0's
     with resolution_warnings(console):
-        state = compress(model_py, out_dir=out_dir, select=select, resume="auto" if resume_or_start else resume,
+        state = compress(model_py, out_dir=out_dir, select=select, resume=resume,
                          overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
     console.print(f"[bold]{len(state.selection)}[/] of {len(state.candidates)} candidate sites are linear "
                   f"({state.selection_method})" + (": " + ", ".join(state.selection) if state.selection else ""))

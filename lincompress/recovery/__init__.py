@@ -7,6 +7,7 @@ distill.py       few-step distillation objectives: DMD2 (fake-score network), fe
 selective.py     the selection regulariser (constraint, binarisation, progressive freezing) and greedy
 trainer.py       the training loop (AdamW groups, bf16, checkpointing, NaN guard, SIGINT/SIGTERM/SIGHUP)
 checkpoint.py    named-state checkpoints on torch.distributed.checkpoint, verified + atomic, for exact resume
+data_parallel.py the trainer's wiring for several processes (FSDP2 copies, micro-batch streams, replicated scores)
 progress.py      progress bar and JSONL metrics;  report.py  report.md + plots
 
 The passes (``lincompress.passes.SelectiveTransfer`` / ``Recover`` / ``Report``) wrap these.

@@ -51,6 +51,17 @@ class Context:
     autocast: bool = False
     data: TeacherData | None = None
     guidance: Guidance | None = None  # None: unguided
+    step_generator: torch.Generator | None = None  # see ``shared_generator``
+
+    @property
+    def shared_generator(self) -> torch.Generator:
+        """For draws that decide how many forwards a micro-batch makes (ADM's stop index).
+
+        The same draws for every micro-batch of an optimizer step on every process (FSDP2's
+        all-gathers are collectives: every rank must call each block as often); it is
+        ``generator`` itself when a step has a single micro-batch.
+        """
+        return self.step_generator if self.step_generator is not None else self.generator
 
     def velocity(self, model: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """One forward of ``model`` on the given inputs (no guidance)."""
@@ -290,7 +301,7 @@ class ADM(Objective):
         last = n if self.renoise or float(sigmas[n]) > 0.0 else n - 1
         if last < 1:
             raise LinCompressError("ADM with renoise=False needs sampler_steps >= 2 (the last point is a clean sample)")
-        stop = int(torch.randint(1, last + 1, (1,), generator=ctx.generator))
+        stop = int(torch.randint(1, last + 1, (1,), generator=ctx.shared_generator))  # forwards: same on all ranks
 
         def velocity(x: Tensor, sigma: Tensor) -> Tensor:
             return ctx.student_velocity(x, sigma, cond)  # guided for a CFG student, one forward when distilled

@@ -13,26 +13,33 @@ from lincompress import atomic
 
 
 class MetricsLog:
-    """One JSON object per logged step, appended and flushed (a log, not state: resume truncates it)."""
+    """One JSON object per logged step, appended and flushed (a log, not state: resume truncates it).
 
-    def __init__(self, path: str | Path) -> None:
+    ``write=False`` keeps the records in memory only (the ranks of a process group other than 0).
+    """
+
+    def __init__(self, path: str | Path, write: bool = True) -> None:
         self.path = Path(path)
+        self.write = write
         self.records: list[dict[str, Any]] = []
 
     def resume_at(self, step: int) -> None:
         """Keep the records up to ``step`` (the checkpoint's) and rewrite the file atomically."""
         self.records = [r for r in self.read(self.path) if r.get("step", 0) <= step]
-        atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        if self.write:
+            atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def start(self) -> None:
         self.records = []
-        atomic.write_text(self.path, "")
+        if self.write:
+            atomic.write_text(self.path, "")
 
     def append(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.records.append(clean)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(clean) + "\n")
+        if self.write:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(clean) + "\n")
 
     @staticmethod
     def read(path: str | Path) -> list[dict[str, Any]]:

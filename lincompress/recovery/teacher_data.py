@@ -8,6 +8,13 @@ a student that keeps CFG is trained on. Shards are safetensors; ``manifest.json`
 and the settings they were made with. Both are written atomically, so an
 interrupted run leaves only complete shards, and a re-run reuses them (shard i is
 always generated from seed + i, so the cache does not depend on where it stopped).
+
+With a process group (``parallel``, several processes) each rank makes its round-robin
+share of the missing shards, in turns: in every turn each rank makes one shard (a rank
+with none left makes a throw-away one, since the sharded teacher's all-gathers are
+collectives), rank 0 adds the turn's shards to the manifest, and at the end every rank
+loads the whole cache. Shard i is still made from seed + i: the cache is the one a
+single process makes, in the same format.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from torch import Tensor, nn
 
 from lincompress import atomic
 from lincompress.config import Arg, ArgumentError
+from lincompress.distributed.context import DistributedContext
 from lincompress.errors import LinCompressError
 from lincompress.fingerprint import model_fingerprint
 from lincompress.prompts import tensors_hash
@@ -100,11 +108,11 @@ def conditions_key(target: Target, guidance: Guidance, seed: int) -> str:
     return tensors_hash(probe)[:24]
 
 
-def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int, guidance: Guidance
-              ) -> dict[str, Any]:
+def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int, guidance: Guidance,
+              fingerprint: str | None = None) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
-        "teacher": model_fingerprint(teacher),
+        "teacher": fingerprint or model_fingerprint(teacher),
         "latent_shape": list(latent_shape(target)),
         "steps": steps,
         "shard_size": shard_size,
@@ -116,13 +124,14 @@ def _settings(target: Target, teacher: nn.Module, steps: int, shard_size: int, s
 
 
 def shared_cache_dir(root: Path, target: Target, teacher: nn.Module, steps: int, shard_size: int, seed: int,
-                     guidance: Guidance) -> Path:
+                     guidance: Guidance, fingerprint: str | None = None) -> Path:
     """The cache of these settings under a directory shared between runs: ``root/teacher-<settings hash>``.
 
     Each teacher and setting gets its own subdirectory, so runs sharing ``root`` reuse each
     other's trajectories and never overwrite a cache made with other settings.
+    ``fingerprint``: the teacher's ``model_fingerprint``, when ``teacher`` is a sharded copy.
     """
-    settings = _settings(target, teacher, steps, shard_size, seed, guidance)
+    settings = _settings(target, teacher, steps, shard_size, seed, guidance, fingerprint)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return Path(root) / f"teacher-{key}"
 
@@ -174,44 +183,59 @@ def _make_shard(
 def build_teacher_cache(
     target: Target, teacher: nn.Module, cache_dir: str | Path, samples: int, steps: int = 8, shard_size: int = 4,
     seed: int = 0, device: str | torch.device = "cpu", autocast: bool = False, progress: Any = None,
-    guidance: Guidance | None = None,
+    guidance: Guidance | None = None, parallel: DistributedContext | None = None, fingerprint: str | None = None,
 ) -> Path:
     """Generate (or finish) ``samples`` teacher trajectories under ``cache_dir``; returns the manifest path.
 
     ``guidance`` (default: the target's own, ``Guidance(target)``) makes them guided.
     A manifest made with other settings (teacher weights, steps, latent shape, guidance,
     conditions...) is not reused: the cache starts over, so stale trajectories never train a model.
+    ``parallel``: the process group's context; every rank calls this, each makes its share
+    (``fingerprint`` is then the unsharded teacher's ``model_fingerprint``).
     """
     if samples < 1:
         raise ArgumentError("{} must be at least 1 to build teacher data", Arg("samples", samples))
+    ctx = parallel or DistributedContext()
     cache_dir = Path(cache_dir)
     device = torch.device(device)
     guidance = guidance if guidance is not None else Guidance(target)
-    settings = _settings(target, teacher, steps, shard_size, seed, guidance)
+    settings = _settings(target, teacher, steps, shard_size, seed, guidance, fingerprint)
     manifest_path = cache_dir / MANIFEST
-    manifest = _read_manifest(manifest_path)
+    num_shards = -(-samples // shard_size)
+
+    def count(index: int) -> int:
+        return min(shard_size, samples - index * shard_size)
+
     shards: list[dict[str, Any]] = []
-    if manifest and manifest.get("settings") == settings:
-        shards = [s for s in manifest.get("shards", []) if (cache_dir / s["file"]).is_file()]
+    if ctx.is_main:  # one reader of the shared manifest: every rank plans from the same view
+        manifest = _read_manifest(manifest_path)
+        if manifest and manifest.get("settings") == settings:
+            shards = [s for s in manifest.get("shards", []) if (cache_dir / s["file"]).is_file()
+                      and (s["index"] >= num_shards or s["samples"] == count(s["index"]))]
+    shards = ctx.broadcast(shards)
+    done = {s["index"] for s in shards}
     caller, conditions = ModelCaller(target, target.scheduler), ConditionSource(target)
     shape, sigmas = tuple(settings["latent_shape"]), sigma_grid(target.scheduler, steps)
     teacher.eval()
-    num_shards = -(-samples // shard_size)
-    done = {s["index"] for s in shards}
-    for index in range(num_shards):
-        count = min(shard_size, samples - index * shard_size)
-        if index in done and next(s for s in shards if s["index"] == index)["samples"] == count:
-            continue
-        shards = [s for s in shards if s["index"] != index]
-        tensors = _make_shard(teacher, caller, conditions, guidance, shape, sigmas, count, seed + index, device, autocast)
-        name = f"shard-{index:05d}.safetensors"
-        atomic.write_safetensors(cache_dir / name, tensors, {"format": "lincompress-teacher"})
-        shards.append({"index": index, "file": name, "samples": count})
+    for index in ctx.assign([i for i in range(num_shards) if i not in done]):
+        made = None
+        if index is None:  # nothing left for this rank: keep the sharded teacher's collectives in step
+            _make_shard(teacher, caller, conditions, guidance, shape, sigmas, 1, seed, device, autocast)
+        else:
+            tensors = _make_shard(teacher, caller, conditions, guidance, shape, sigmas, count(index), seed + index,
+                                  device, autocast)
+            name = f"shard-{index:05d}.safetensors"
+            atomic.write_safetensors(cache_dir / name, tensors, {"format": "lincompress-teacher"})
+            made = {"index": index, "file": name, "samples": count(index)}
+        shards += [s for s in ctx.all_gather(made) if s is not None]
         shards.sort(key=lambda s: s["index"])
+        if ctx.is_main:
+            atomic.write_json(manifest_path, {"settings": settings, "shards": shards, "samples": samples})
+            if progress is not None:
+                progress(sum(s["index"] < num_shards for s in shards), num_shards)
+    if ctx.is_main:
         atomic.write_json(manifest_path, {"settings": settings, "shards": shards, "samples": samples})
-        if progress is not None:
-            progress(index + 1, num_shards)
-    atomic.write_json(manifest_path, {"settings": settings, "shards": shards, "samples": samples})
+    ctx.barrier()  # the manifest is complete before any rank reads the cache
     return manifest_path
 
 

@@ -21,6 +21,16 @@ checkpoint -- or, when the step had not yet changed any state (never for an obje
 with state of its own, which its ``before_step`` updates), checkpointing the last completed
 step. A non-finite loss or gradient stops the run with ``NonFiniteError``
 without saving, so the last good checkpoint stays.
+
+Several processes (an initialised process group: ``lincompress optimize --nproc N``,
+``torchrun``, or the caller's own): ``DataParallel`` (``recovery/data_parallel.py``) is
+consulted at a few points -- where modules are placed (FSDP2-sharded training copies of
+student, teacher and an objective's ``distributed_modules()``), each micro-batch's random
+stream and gradient sync, the replicated scores' gradient average and the global gradient
+clip, the split of teacher shards and eval points, rank-0-only files and output, and the
+copy of the trained values back into the caller's model. Stop signals and time-based
+checkpoints are agreed by all ranks before anyone acts on them; a second signal stops
+without a checkpoint (saving is a collective).
 """
 
 from __future__ import annotations
@@ -42,11 +52,13 @@ from torch import nn
 from lincompress.attention import SITES_ATTR, HybridAttention, iter_sites
 from lincompress.config import Arg, ArgumentError, literal
 from lincompress.devices import resolve_device
+from lincompress.distributed import sharding
 from lincompress.errors import LinCompressError
+from lincompress.fingerprint import model_fingerprint
 from lincompress.recovery.checkpoint import (
-    LATEST, OptimizerState, ParameterState, RNGState, latest_step, load_checkpoint, read_checkpoint_info,
-    save_checkpoint,
+    LATEST, OptimizerState, ParameterState, latest_step, load_checkpoint, read_checkpoint_info, save_checkpoint,
 )
+from lincompress.recovery.data_parallel import DataParallel, MicroBatchStreams
 from lincompress.recovery.objectives import Context, Objective, make_objective
 from lincompress.recovery.progress import MetricsLog, TrainingProgress
 from lincompress.recovery.report import METRICS_JSONL, write_report
@@ -63,6 +75,10 @@ __all__ = ["RESUME", "TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryR
 
 RESUME = (False, True, "auto")  # start (refusing to discard a checkpoint), continue one (it must exist), either
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def check_resume(resume: Any) -> bool | str:
@@ -120,21 +136,27 @@ class InitialWeights:
         self.from_teacher: list[str] = []
 
     @torch.no_grad()
-    def capture(self, params: dict[str, nn.Parameter], teacher: dict[str, nn.Parameter]) -> None:
+    def capture(self, params: dict[str, nn.Parameter], teacher: dict[str, nn.Parameter],
+                parallel: DataParallel | None = None) -> None:
+        """Sharded parameters (several processes) compare shard by shard and copy whole: one copy on every rank."""
         self.tensors, self.from_teacher = {}, []
-        for name, p in params.items():
-            t = teacher.get(name)
-            if t is not None and t.shape == p.shape and t.dtype == p.dtype and torch.equal(t, p):
+        ctx = parallel.ctx if parallel is not None else None
+        names = list(params)
+        same = [teacher.get(n) is not None and sharding.equal_locally(teacher[n], params[n]) for n in names]
+        if ctx is not None and ctx.active:  # equal on every rank
+            same = [votes == ctx.world_size for votes in ctx.sum([float(x) for x in same])]
+        for name, equal in zip(names, same):
+            if equal:
                 self.from_teacher.append(name)
             else:
-                self.tensors[name] = p.detach().to("cpu", copy=True)
+                self.tensors[name] = sharding.full(params[name])
 
     @torch.no_grad()
     def load_into(self, params: dict[str, nn.Parameter], teacher: dict[str, nn.Parameter]) -> None:
         for name in self.from_teacher:
-            params[name].copy_(teacher[name])
+            sharding.local(params[name]).copy_(sharding.local(teacher[name]))
         for name, value in self.tensors.items():
-            params[name].copy_(value)
+            sharding.copy_full_(params[name], value)
 
     def state_dict(self) -> dict[str, Any]:
         return {"tensors": dict(self.tensors), "from_teacher": list(self.from_teacher)}
@@ -169,11 +191,14 @@ class Trainer:
         check_flow_scheduler(target.scheduler)
         if student is target.model:
             raise LinCompressError("recovery needs the original model as teacher; run passes.Hybridize(copy=True)")
-        self.target, self.student, self.config = target, student, config
+        self.parallel = DataParallel.create(config.device, config.nproc)  # the process group, checked against nproc
+        self.target, self.config = target, config
+        self.original_student = student  # trained in place; with several processes through a sharded copy
+        self.student = student = self.parallel.training_copy(student)
         self.work_dir = Path(work_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.work_dir  # caches without config.cache_dir
         self.stage = stage  # "recover" | "distill": the progress bar's label
-        self.device = resolve_device(config.device)
+        self.device = self.parallel.device
         self.autocast = self.device.type == "cuda" if config.autocast is None else bool(config.autocast)
         self.objective = objective or make_objective(config.objective, **config.objective_options)
         self.show_progress = progress
@@ -188,9 +213,9 @@ class Trainer:
                 )
             self._apply_selection(selection)
         self.selection = selection
-        self.teacher = target.model
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.rng = RNGState(self.generator)
+        self.teacher = self.parallel.training_copy(target.model)
+        self.rng = MicroBatchStreams(config.seed, config.grad_accum, self.parallel.ctx)  # a stream per micro-batch
+        self.generator = self.rng.generators[0]  # (one process, no accumulation: the seed's generator itself)
         self.initial = InitialWeights()
         self.step = 0
         self._stop_signal: int | None = None
@@ -201,7 +226,7 @@ class Trainer:
         self._error_before: float | None = None
         self._elapsed = 0.0  # training seconds up to the last checkpoint (previous sessions included)
         self._setup_model()
-        self.log = MetricsLog(self.work_dir / METRICS_JSONL)
+        self.log = MetricsLog(self.work_dir / METRICS_JSONL, write=self.parallel.is_main)
 
     # -- setup ---------------------------------------------------------------------
     def _apply_selection(self, selection: list[str]) -> None:
@@ -227,19 +252,20 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.config
-        self.student.to(self.device).eval()  # eval: no dropout noise in a distillation target
+        self.student.eval()  # eval: no dropout noise in a distillation target
         self._teacher_grad = {n: p.requires_grad for n, p in self.teacher.named_parameters()}
-        self.teacher.to(self.device).eval().requires_grad_(False)
+        self.teacher.eval().requires_grad_(False)
         if cfg.gradient_checkpointing:
             enable = getattr(self.student, "enable_gradient_checkpointing", None)
-            if enable is None:
+            if enable is not None:
+                enable()
+            elif not sharding.checkpoint_blocks(self.student):
                 raise ArgumentError(
-                    f"{{}} needs a diffusers ModelMixin (enable_gradient_checkpointing); "
-                    f"{literal(type(self.student).__name__)} has none", Arg("gradient_checkpointing", True)
-                )
-            enable()
+                    f"{{}} needs a diffusers ModelMixin (enable_gradient_checkpointing) or repeated transformer blocks "
+                    f"(an nn.ModuleList of one block class); {literal(type(self.student).__name__)} has neither",
+                    Arg("gradient_checkpointing", True))
         owners = {name.rsplit("#", 1)[0] for name, _ in self.sites}
-        groups: dict[str, list[nn.Parameter]] = {"score": [], "feature_maps": [], "base": []}
+        groups: dict[str, list[str]] = {"score": [], "feature_maps": [], "base": []}
         self.param_names: list[str] = []
         self.base_trained: set[str] = set()
         for name, param in self.student.named_parameters():
@@ -254,20 +280,45 @@ class Trainer:
                     self.base_trained.add(name)
             param.requires_grad_(train)
             if train:
-                groups[group].append(param)
+                groups[group].append(name)
                 self.param_names.append(name)
+        self.parallel.place(self._modules_to_place(), mixed_precision=self.autocast)
+        self._params = dict(self.student.named_parameters())  # (sharded: FSDP2 replaced them)
         lrs = {"score": self.score_lr, "feature_maps": cfg.lr_feature_maps, "base": cfg.lr}
-        param_groups = [{"params": ps, "lr": lrs[g], "name": g, "weight_decay": 0.0 if g == "score" else cfg.weight_decay}
-                        for g, ps in groups.items() if ps]
+        param_groups = [{"params": [self._params[n] for n in names], "lr": lrs[g], "name": g,
+                         "weight_decay": 0.0 if g == "score" else cfg.weight_decay}
+                        for g, names in groups.items() if names]
         self.optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999))
-        self._params = dict(self.student.named_parameters())
+
+    def _modules_to_place(self) -> dict[str, tuple[nn.Module, str]]:
+        """Every module the run trains or runs, with its role: the single place they are collected.
+
+        An objective that owns trainable networks (a fake-score model) names them in
+        ``distributed_modules() -> {name: module}``: they are placed like the student (moved to the
+        device, or sharded with FSDP2 over the processes -- which replaces their parameters, so the
+        objective builds their optimizer afterwards, e.g. on its first ``loss`` call).
+        """
+        modules: dict[str, tuple[nn.Module, str]] = {"student": (self.student, "trained"),
+                                                      "teacher": (self.teacher, "frozen")}
+        hook = getattr(self.objective, "distributed_modules", None)
+        own = hook() if callable(hook) else {}
+        for name, module in own.items():
+            modules[f"objective.{name}"] = (module, "auxiliary")
+        named = {id(m) for m in own.values()}
+        hidden = [k for k, v in vars(self.objective).items() if isinstance(v, nn.Module) and id(v) not in named
+                  and any(p.requires_grad for p in v.parameters())]
+        if hidden and self.parallel.active:  # it would train apart on every rank
+            raise LinCompressError(
+                f"objective {self.objective.name!r} trains its own network {hidden[0]!r}, which must be data-parallel "
+                "over the processes: return it from the objective's distributed_modules() -> {name: module}")
+        return modules
 
     def _cache_root(self) -> Path:
         """Where teacher trajectories / prompt embeddings live: the shared ``config.cache_dir``, else ``cache_dir``."""
         return Path(self.config.cache_dir) if self.config.cache_dir is not None else self.cache_dir
 
     def _console(self) -> Any:
-        if not self.show_progress:
+        if not self.show_progress or not self.parallel.is_main:
             return None
         from rich.console import Console
 
@@ -281,8 +332,10 @@ class Trainer:
                 raise ArgumentError(f"objective {literal(repr(self.objective.name))} trains on teacher trajectories; "
                                     "give {} >= 1", Arg("samples"))
             return None
+        fingerprint = model_fingerprint(self.target.model)  # the unsharded original's (the copy may be sharded)
         cache = (shared_cache_dir(self._cache_root(), self.target, self.teacher, cfg.teacher_steps, cfg.shard_size,
-                                  cfg.seed, self.guidance) if cfg.cache_dir is not None else self.cache_dir / "teacher")
+                                  cfg.seed, self.guidance, fingerprint)
+                 if cfg.cache_dir is not None else self.cache_dir / "teacher")
         console = self._console()
 
         def report(done: int, total: int) -> None:
@@ -290,7 +343,8 @@ class Trainer:
                 console.print(f"teacher trajectories: shard {done}/{total}")
 
         build_teacher_cache(self.target, self.teacher, cache, cfg.samples, cfg.teacher_steps, cfg.shard_size,
-                            cfg.seed, self.device, self.autocast, progress=report, guidance=self.guidance)
+                            cfg.seed, self.device, self.autocast, progress=report, guidance=self.guidance,
+                            parallel=self.parallel.ctx, fingerprint=fingerprint)
         self.teacher_cache = cache
         return load_teacher_cache(cache, cfg.samples)
 
@@ -304,7 +358,8 @@ class Trainer:
                 if console is not None and total > 1:
                     console.print(f"encoding prompts: chunk {done}/{total}")
 
-            prepare_conditions(self.target, self._cache_root() / "prompts", progress=report)
+            with self.parallel.ctx.main_first():  # rank 0 encodes and caches, the others read the cache
+                prepare_conditions(self.target, self._cache_root() / "prompts", progress=report)
             self._guidance = Guidance(self.target, self.config.student_guidance, self.config.cfg_batched)
         return self._guidance
 
@@ -350,7 +405,9 @@ class Trainer:
         phase, self._phase = self._phase, "save"
         try:
             extra = {"config": asdict(self.config), "objective": self.objective.name, "trained": list(self.param_names),
-                     "velocity_error_before": self._error_before, "elapsed": self._elapsed_now()}
+                     "velocity_error_before": self._error_before, "elapsed": self._elapsed_now(),
+                     "processes": self.parallel.ctx.world_size, "micro_batches": self.rng.slots}
+            self.parallel.check_replicated(self._params)  # (several processes: the scores agree on every rank)
             save_checkpoint(self.checkpoint_dir, step, self.states(), extra)
             self._saved_step = step
             self._last_save = time.perf_counter()
@@ -369,6 +426,16 @@ class Trainer:
             raise ArgumentError(f"the checkpoint in {where} trained a {literal(repr(trained_for))} student; resume with "
                                 "the same student guidance ({}) or start over with {}",
                                 Arg("student_guidance", trained_for), Arg("overwrite", True))
+        slots, world = extra.get("micro_batches", 1), self.parallel.ctx.world_size
+        if slots != self.rng.slots:  # the global batch: nproc x grad_accum micro-batches, each its own random stream
+            was = f"{_processes(extra.get('processes', 1))} x {{}}"
+            how = (f"here {{}} on {_processes(world)}" if slots % world == 0 else
+                   f"on a number of processes that divides {slots}")
+            raise ArgumentError(
+                f"the checkpoint in {where} was trained with {slots} micro-batches per step ({was}); resume with "
+                f"nproc x grad_accum = {slots}, {how}, or start over with {{}}",
+                Arg("grad_accum", (extra.get("config") or {}).get("grad_accum", 1)),
+                *([Arg("grad_accum", slots // world)] if slots % world == 0 else []), Arg("overwrite", True))
         trained = extra.get("trained")
         if trained is not None and sorted(trained) != sorted(self.param_names):
             was = (extra.get("config") or {}).get("train", "?")
@@ -380,6 +447,7 @@ class Trainer:
         info = load_checkpoint(self.checkpoint_dir, self.states(), check=lambda found: self._check_compatible(found.extra))
         if info is None:
             return None
+        self.parallel.parameters_changed()
         for group in self.optimizer.param_groups:  # a changed --lr applies on resume
             group["lr"] = {"score": self.score_lr, "feature_maps": self.config.lr_feature_maps}.get(
                 group.get("name"), self.config.lr)
@@ -397,7 +465,9 @@ class Trainer:
         """
         where = literal(self.checkpoint_dir)
         if overwrite:
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            if self.parallel.is_main:
+                shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            self.parallel.ctx.barrier()
             return False
         if resume is False:
             if (self.checkpoint_dir / LATEST).exists():
@@ -418,16 +488,23 @@ class Trainer:
     # -- training --------------------------------------------------------------------------
     @torch.no_grad()
     def velocity_error(self, data: TeacherData | None, ctx: Context) -> float | None:
-        """Mean squared velocity error to the teacher on fixed cached points (None without a cache)."""
+        """Mean squared velocity error to the teacher on fixed cached points (None without a cache).
+
+        Several processes: each evaluates its block of the points (as many forwards on every rank).
+        """
         if data is None:
             return None
         x, sigma, v_t, cond = data.eval_points(self.config.eval_points)
+        rows, real = self.parallel.ctx.rows(x.shape[0])
+        x, sigma, v_t, cond = x[rows], sigma[rows], v_t[rows], {k: c[rows] for k, c in cond.items()}
         total, count = 0.0, 0
         for start in range(0, x.shape[0], self.config.batch_size):
             sl = slice(start, start + self.config.batch_size)
             v_s = ctx.student_velocity(x[sl].to(self.device), sigma[sl], {k: c[sl].to(self.device) for k, c in cond.items()})
-            total += float(((v_s - v_t[sl].to(self.device)) ** 2).sum())
-            count += v_s.numel()
+            error = ((v_s - v_t[sl].to(self.device)) ** 2)[: max(0, real - start)]  # padding rows count nothing
+            total += float(error.sum())
+            count += error.numel()
+        total, count = self.parallel.ctx.sum([total, count])
         return total / count
 
     @contextmanager
@@ -462,16 +539,22 @@ class Trainer:
 
         logs: dict[str, float] = dict(self.objective.before_step(ctx, cfg.batch_size, check))  # DMD2: fake-score updates
         total = 0.0
-        for _ in range(cfg.grad_accum):
+        streams = self.rng.generators  # micro-batch m draws from its own stream (data_parallel.py)
+        for m, generator in enumerate(streams):
+            ctx.generator, ctx.step_generator = generator, self.rng.shared(step)
+            self.parallel.sync_gradients(self.student, m == len(streams) - 1)  # reduce once, after the last
             loss, obj_logs = self.objective.loss(ctx, cfg.batch_size)
-            value = loss.item() / cfg.grad_accum
-            check("loss", value)
-            total += value
+            total += loss.item() / cfg.grad_accum
             for k, v in obj_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
             (loss / cfg.grad_accum).backward()
-        self._phase = "update"
+        ctx.generator, ctx.step_generator = self.generator, None
         logs["objective"] = total
+        logs = self.parallel.ctx.mean_logs(logs)  # every rank logs (and checks) the mean over all micro-batches
+        total = logs["objective"]
+        check("loss", total)
+        self._phase = "update"
+        self.parallel.reduce_replicated_grads()  # the selection scores: the same averaged gradient on every rank
         if self.regularizer is not None:
             self.regularizer.normalize_objective_grads()
             penalty, reg_logs = self.regularizer.penalty(step)
@@ -482,7 +565,7 @@ class Trainer:
                 total += value
                 penalty.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        norm = self.parallel.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         check("gradient norm", float(norm))
         self.optimizer.step()
         logs["loss"] = total
@@ -514,8 +597,10 @@ class Trainer:
 
     def _checkpoint_due(self, step: int) -> bool:
         minutes = self.config.checkpoint_minutes
-        return (step % self.checkpoint_every == 0 or step == self.config.steps
-                or (minutes > 0 and time.perf_counter() - self._last_save >= minutes * 60))
+        if step % self.checkpoint_every == 0 or step == self.config.steps:
+            return True
+        # clocks are per rank: when one rank's time is up, every rank saves
+        return minutes > 0 and self.parallel.ctx.any(time.perf_counter() - self._last_save >= minutes * 60)
 
     def run(self, resume: bool | str = False, name: str = "model", overwrite: bool = False) -> RecoveryResult:
         """Train for ``config.steps`` steps and measure the result.
@@ -546,19 +631,23 @@ class Trainer:
         start = resumed or 0
         if resumed is not None:
             self.log.resume_at(start)
+            self.log.records = self.parallel.ctx.broadcast(self.log.records)  # rank 0 owns the file
         else:
             self.log.start()
             self._error_before = self.velocity_error(data, ctx)
-            self.initial.capture({n: self._params[n] for n in self.param_names}, dict(self.teacher.named_parameters()))
+            self.initial.capture({n: self._params[n] for n in self.param_names}, dict(self.teacher.named_parameters()),
+                                 self.parallel)
         k = self.regularizer.k if self.regularizer else len(self.selection or [])
         self._session = self._last_save = time.perf_counter()
         self._phase = "idle"
-        with TrainingProgress(cfg.steps, len(self.sites), k, enabled=self.show_progress, start=start,
-                              label=self.stage) as bar:
+        show = self.show_progress and self.parallel.is_main
+        with TrainingProgress(cfg.steps, len(self.sites), k, enabled=show, start=start, label=self.stage) as bar:
             step = start
             while step < cfg.steps:
                 self.rng.capture()  # the state this step starts from
-                if self._stop_signal is not None:
+                agreed = self.parallel.ctx.max(self._stop_signal or 0)  # a signal any rank got stops every rank here
+                if agreed:
+                    self._stop_signal = agreed
                     if self._saved_step != step:
                         self.save(step)
                     raise self._interrupted(self._stop_signal, saved=True)
@@ -567,7 +656,8 @@ class Trainer:
                     logs = self._train_step(ctx, step)
                 except (KeyboardInterrupt, _Abort) as stop:
                     signum = stop.signum if isinstance(stop, _Abort) else signal.SIGINT
-                    untouched = self._phase == "compute" and not self.objective.stateful
+                    untouched = (self._phase == "compute" and not self.objective.stateful
+                                 and not self.parallel.active)  # several processes: saving is collective, stop now
                     self.optimizer.zero_grad(set_to_none=True)
                     if untouched and self._saved_step != step:
                         self._phase = "save"
@@ -603,18 +693,23 @@ class Trainer:
         if data is not None and cfg.compare_without_recovery:  # same final selection, weights as before training
             trained = self._snapshot()
             self.initial.load_into(self._params, dict(self.teacher.named_parameters()))
+            self.parallel.parameters_changed()
             metrics["velocity_error_without_recovery"] = self.velocity_error(data, ctx)
             self._load(trained)
-        return RecoveryResult(self.selection, metrics, set(self.base_trained), self.log.records,
-                              self._write_report(name, metrics))
+            self.parallel.parameters_changed()
+        self.parallel.check_replicated(self._params)
+        self.parallel.copy_back(self.original_student, self.student, self.param_names)
+        report = self._write_report(name, metrics) if self.parallel.is_main else self.work_dir / "report.md"
+        return RecoveryResult(self.selection, metrics, set(self.base_trained), self.log.records, report)
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {n: self._params[n].detach().to("cpu", copy=True) for n in self.param_names}
+        """This rank's values of the trained tensors (its shards, with several processes), on CPU."""
+        return {n: sharding.local(self._params[n]).detach().to("cpu", copy=True) for n in self.param_names}
 
     @torch.no_grad()
     def _load(self, values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
-            self._params[name].copy_(value)
+            sharding.local(self._params[name]).copy_(value)
 
     def _interrupted(self, signum: int, saved: bool) -> TrainingInterrupted:
         what = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else f"signal {signum}"

@@ -175,8 +175,39 @@ def test_exports_record_the_sampler(distilled, tmp_path):
     (["--student-steps", "2", "--distill-grad-steps", "3"], "--distill-grad-steps 3 must be <= --student-steps 2"),
     (["--student-steps", "two"], "Invalid value for '--student-steps'"),
     (["--student-steps", "2", "--distill-objective", "gan"], "Invalid value for '--distill-objective'"),
+    (["--student-steps", "2", "--nproc", "2"],  # refused before any worker starts
+     "the distillation stage (--student-steps) trains on one process only (it is not data-parallel: DMD2's fake-score "
+     "network and its optimizer would train apart on every process), and --nproc 2 asks for several; run distillation on one process: leave out --nproc"),
 ])
 def test_bad_distillation_flags_are_one_line_errors(args, message):
     result = CliRunner().invoke(main, ["optimize", "M", "--out", "o", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_distillation_on_several_processes_is_refused_before_any_work(monkeypatch, tmp_path):
+    import lincompress
+    from lincompress.config import ArgumentError
+    from lincompress.distill_config import DistillConfig
+    from lincompress.distributed import context
+
+    with pytest.raises(ArgumentError, match=r"^the distillation stage \(student_steps\) trains on one process only .*"
+                                            r"nproc=2 asks for several; run distillation on one process: leave out nproc$"):
+        lincompress.compress(tmp_path / "missing.py", student_steps=2, nproc=2, steps=1)  # before the model loads
+    assert DistillConfig(nproc=2, distill_steps=0).nproc == 2  # recording the sampler trains nothing: allowed
+    ran = []
+
+    class Spy:
+        name = "spy"
+
+        def run(self, state):
+            ran.append(self.name)
+            return state
+
+    pipeline = Pipeline([Spy(), passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.5),
+                         passes.Distill(student_steps=2, distill_steps=1, **FAST), passes.Fix()])
+    monkeypatch.setattr(context, "world_size", lambda: 2)  # one of 2 processes of a process group
+    with pytest.raises(ArgumentError, match=r"this process is one of 2 of a process group .*; run distillation in a "
+                                            r"single process$"):
+        pipeline.run(recovery_target(depth=2))
+    assert ran == []  # the preflight refused it before the first pass ran

@@ -79,6 +79,22 @@ def test_regulariser_state_round_trips():
     assert fresh.selection == reg.selection and [s.mode for _, s in fresh_sites] == [s.mode for _, s in sites]
 
 
+def test_loading_a_hardened_state_keeps_the_scores_the_parameters_brought():
+    """Resuming after the harden step: scores come back with the parameters; the regulariser sets only modes."""
+    sites = _sites(4)
+    reg = SelectiveRegularizer(sites, SelectiveConfig(target_linear=0.5), total_steps=10)
+    for (_, site), r in zip(sites, (0.9, 0.3, 0.8, 0.4)):
+        site.set_score(r)
+    reg.harden(8)  # the two lowest become linear without being frozen by the threshold
+    fresh_sites = _sites(4)
+    for (_, fresh_site), (_, site) in zip(fresh_sites, sites):
+        fresh_site.score_logit.data.copy_(site.score_logit.data)  # what the checkpoint's parameters restore
+    SelectiveRegularizer(fresh_sites, SelectiveConfig(target_linear=0.5), total_steps=10).load_state_dict(
+        reg.state_dict())
+    assert [float(s.score_logit) for _, s in fresh_sites] == [float(s.score_logit) for _, s in sites]
+    assert [s.mode for _, s in fresh_sites] == [s.mode for _, s in sites] == ["softmax", "linear", "softmax", "linear"]
+
+
 @pytest.mark.parametrize("target", [0.25, 0.5, 1.0])
 def test_training_with_selective_transfer_fixes_exactly_k(target, tmp_path):
     state = hybrid_state(depth=4)
