@@ -99,7 +99,9 @@ def test_export_aoti_cpu(artifact):
     import lincompress
 
     model = lincompress.load(artifact)
-    target = load_target(json.loads((artifact / "lincompress.json").read_text())["base_model"]["source"])
+    from lincompress.artifacts import read_artifact, recorded_model_py
+
+    target = load_target(recorded_model_py(read_artifact(artifact)))  # the path is recorded relative to the artifact
     kwargs = target.inputs(2)
     with torch.no_grad():
         ref = model(**kwargs)[0]
