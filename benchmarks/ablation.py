@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -34,6 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a bare checkout (the GPU machine) runs without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from shapes_common import cell  # noqa: E402
 MODEL = REPO / "examples" / "shapes" / "model.py"
 
 VARIANTS = {
@@ -99,28 +101,19 @@ def run_one(variant: str, target_linear: float, args: argparse.Namespace, scratc
     }
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
 
 def markdown_table(runs: list[dict], teacher: dict | None) -> str:
     head = ["target", "variant"] + [label for _, label, _ in TABLE_METRICS] + ["linear sites", "time s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if teacher:
-        lines.append("| - | teacher | 0 | inf | 1 | " + " | ".join(_fmt(teacher.get(k)) for k, _, src in TABLE_METRICS
+        lines.append("| - | teacher | 0 | inf | 1 | " + " | ".join(cell(teacher.get(k)) for k, _, src in TABLE_METRICS
                                                             if src == "world") + " | 0 | - |")
     for r in runs:
         if "error" in r or "not_run" in r:
             lines.append(f"| {r['target_linear']:g} | ({r['variant']}) {VARIANTS[r['variant']][0]} | "
                          + " | ".join("-" for _ in TABLE_METRICS) + f" | - | {r.get('error', 'not run')} |")
             continue
-        values = [_fmt(r[src][k]) for k, _, src in TABLE_METRICS]
+        values = [cell(r[src][k]) for k, _, src in TABLE_METRICS]
         sites = ",".join(s.split(".")[-2] if "." in s else s for s in (r["selection"] or []))
         lines.append(f"| {r['target_linear']:g} | ({r['variant']}) {r['label']} | " + " | ".join(values)
                      + f" | {sites} | {r['pipeline_seconds']:.1f} |")

@@ -51,6 +51,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a bare checkout (the GPU machine) runs without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from shapes_common import cell, device_name, synchronize  # noqa: E402
 MODEL = REPO / "examples" / "shapes" / "model.py"
 
 ROWS: dict[str, str] = {  # {n}: the student's steps
@@ -233,24 +236,6 @@ def time_forward(args: argparse.Namespace) -> float:
 # --------------------------------------------------------------------------- output
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def device_name(args: argparse.Namespace) -> str:
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
 
 def markdown_table(payload: dict) -> str:
     head = ["target", "row", "steps", "vel. rel-MSE", "PSNR dB", "SSIM", "colour", "shape", "direction", "world", "s"]
@@ -264,9 +249,9 @@ def markdown_table(payload: dict) -> str:
             lines.append(f"| {target} | {r['row']} | " + " | ".join("-" for _ in range(8)) + f" | {r['error'][:60]} |")
             continue
         f, w = r["fidelity"], r["world"] or {}
-        lines.append(f"| {target} | {r['label']} | {r['sampler_steps']} | {_fmt(f['velocity_rel_mse'])} | "
-                     f"{_fmt(f['psnr_db'])} | {_fmt(f['ssim'])} | " + " | ".join(_fmt(w.get(k)) for k in WORLD_KEYS)
-                     + f" | {_fmt(r['pipeline_seconds'])} |")
+        lines.append(f"| {target} | {r['label']} | {r['sampler_steps']} | {cell(f['velocity_rel_mse'])} | "
+                     f"{cell(f['psnr_db'])} | {cell(f['ssim'])} | " + " | ".join(cell(w.get(k)) for k in WORLD_KEYS)
+                     + f" | {cell(r['pipeline_seconds'])} |")
     return "\n".join(lines)
 
 

@@ -434,6 +434,18 @@ def parse_configs(text: str, default_modes: list[str], tiny: bool) -> list[tuple
     return chosen
 
 
+def prepare_run(device: torch.device) -> torch.dtype:
+    """The dtype a Wan-scale run uses (bf16 on CUDA, with TF32 matmuls; fp32 elsewhere), with dynamo's recompile
+    limit raised so that every variant's compiled block graph stays compiled in one process."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     faulthandler.enable()  # a crash inside a compiler or kernel still prints where it happened
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -476,14 +488,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if fm.removesuffix(UNFUSED_SUFFIX) not in FEATURE_MAPS:
             raise SystemExit(f"unknown feature map {fm!r}; choose from {FEATURE_MAPS} (or <map>{UNFUSED_SUFFIX})")
     device = bm.resolve_device(a.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     configs = parse_configs(a.configs, [m for m in a.modes.split(",") if m], a.tiny)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 64)
+    dtype = prepare_run(device)
 
     run = Run(a)
     run.results = {

@@ -477,13 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.tiny:
         a.teacher_steps, a.max_measured_teacher_steps = 3, 3
     device = bm.resolve_device("cpu" if a.tiny else a.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 64)
+    dtype = e2e.prepare_run(device)
     run = Run(a)
     run.results = {
         "environment": bm.environment(device),

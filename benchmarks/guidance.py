@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -40,6 +39,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a bare checkout (the GPU machine) runs without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from shapes_common import cell, device_name, synchronize  # noqa: E402
 MODEL = REPO / "examples" / "shapes" / "model.py"
 MODES = ("cfg", "distilled")
 WORLD_KEYS = ("colour_correct", "class_correct", "direction_correct", "world_score")
@@ -114,34 +116,16 @@ def unguided_teacher_world(args: argparse.Namespace) -> dict:
     return {k: sum(v) / len(v) for k, v in scores.items()}
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def device_name(args: argparse.Namespace) -> str:
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
 
 def markdown_table(payload: dict) -> str:
     head = ["target", "model", "forwards/step", "vel. rel-MSE", "PSNR dB", "SSIM", "colour", "shape", "direction", "world"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     scale = payload.get("guidance_scale")
-    for label, world in ((f"teacher, CFG {_fmt(scale)} (reference)", payload.get("teacher_world")),
+    for label, world in ((f"teacher, CFG {cell(scale)} (reference)", payload.get("teacher_world")),
                          ("teacher, unguided", payload.get("teacher_unguided_world"))):
         if world:
             forwards = "2" if "CFG" in label else "1"
-            lines.append(f"| - | {label} | {forwards} | 0 | inf | 1 | " + " | ".join(_fmt(world.get(k)) for k in WORLD_KEYS) + " |")
+            lines.append(f"| - | {label} | {forwards} | 0 | inf | 1 | " + " | ".join(cell(world.get(k)) for k in WORLD_KEYS) + " |")
     for r in sorted(payload["runs"], key=lambda r: (r["target_linear"], MODES.index(r["mode"]))):
         if "error" in r:
             lines.append(f"| {r['target_linear']:g} | student {r['mode']} | - | " + " | ".join("-" for _ in range(7))
@@ -149,8 +133,8 @@ def markdown_table(payload: dict) -> str:
             continue
         f, w = r["fidelity"], r["world"]
         lines.append(f"| {r['target_linear']:g} | student {r['mode']} | {r['guidance']['student_forwards_per_step']} | "
-                     f"{_fmt(f['velocity_rel_mse'])} | {_fmt(f['psnr_db'])} | {_fmt(f['ssim'])} | "
-                     + " | ".join(_fmt(w.get(k)) for k in WORLD_KEYS) + " |")
+                     f"{cell(f['velocity_rel_mse'])} | {cell(f['psnr_db'])} | {cell(f['ssim'])} | "
+                     + " | ".join(cell(w.get(k)) for k in WORLD_KEYS) + " |")
     return "\n".join(lines)
 
 

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from lincompress.distill_config import DistillConfig, check_processes
-from lincompress.config import Arg, ArgumentError
 from lincompress.errors import LinCompressError
 from lincompress.guidance import GuidanceConfig
 from lincompress.pipeline import RecordedPass, State, declare_fact
 from lincompress.selection import mark_selection
+from lincompress.passes.recover import check_training_stage, stage_run_options
 
 declare_fact("distilled", "a few-step distilled student", "passes.Distill(student_steps=...)")
 
@@ -58,13 +58,7 @@ class Distill(RecordedPass):
                  overwrite: bool = False, progress: bool = True, config: DistillConfig | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, config=config, **kwargs)
-        from lincompress.recovery.trainer import check_resume
-
-        self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.resume = check_resume(resume)
-        if self.resume is True and self.work_dir is None:
-            raise ArgumentError("{} continues the checkpoint in a {}; give the one the earlier run used",
-                                Arg("resume", True), Arg("work_dir"))
+        self.work_dir, self.resume = stage_run_options(work_dir, resume)
         self.overwrite, self.progress = overwrite, progress
 
     @property
@@ -77,16 +71,9 @@ class Distill(RecordedPass):
 
     def check(self, state: State) -> None:
         from lincompress.distributed.context import world_size
-        from lincompress.outputs import check_location
 
         check_processes(world_size(), self.config.distill_steps, group=True)
-        from lincompress.recovery.sampling import check_flow_scheduler
-
-        check_flow_scheduler(state.target.scheduler)
-        if self.work_dir is not None:
-            check_location(self.work_dir, "work_dir")
-        if self.config.cache_dir is not None:
-            check_location(self.config.cache_dir, "cache_dir")
+        check_training_stage(state, self.work_dir, self.config.cache_dir)
 
     def convert(self, model: nn.Module, config: DistillConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
         from lincompress.recovery.sampling import few_step_grid, num_train_timesteps, timestep_shift

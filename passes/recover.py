@@ -52,14 +52,9 @@ class Recover(RecordedPass):
             del kwargs["objective_options"]
         super().__init__(*args, config=config, **kwargs)
         from lincompress.recovery.objectives import make_objective
-        from lincompress.recovery.trainer import check_resume
 
         make_objective(self.config.objective, **self.config.objective_options)  # bad objective settings fail now
-        self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.resume = check_resume(resume)
-        if self.resume is True and self.work_dir is None:
-            raise ArgumentError("{} continues the checkpoint in a {}; give the one the earlier run used",
-                                Arg("resume", True), Arg("work_dir"))
+        self.work_dir, self.resume = stage_run_options(work_dir, resume)
         self.overwrite, self.progress = overwrite, progress
 
     @property
@@ -72,14 +67,7 @@ class Recover(RecordedPass):
 
     def check(self, state: State) -> None:
         if self.config.steps > 0:
-            from lincompress.outputs import check_location
-            from lincompress.recovery.sampling import check_flow_scheduler
-
-            check_flow_scheduler(state.target.scheduler)
-            if self.work_dir is not None:
-                check_location(self.work_dir, "work_dir")
-            if self.config.cache_dir is not None:
-                check_location(self.config.cache_dir, "cache_dir")
+            check_training_stage(state, self.work_dir, self.config.cache_dir)
 
     def run(self, state: State) -> State:
         if self.config.steps == 0:
@@ -198,3 +186,27 @@ def _copy_report(source: Path, out_dir: Path, sub: str = "") -> list[str]:
             atomic.atomic_write(out_dir / rel, lambda tmp, p=path: shutil.copyfile(p, tmp))
             written.append(rel)
     return written
+
+
+def stage_run_options(work_dir: str | Path | None, resume: bool | str) -> tuple[Path | None, bool | str]:
+    """``(work_dir, resume)`` of a training stage (Recover, Distill), checked alike: resuming needs the work dir."""
+    from lincompress.recovery.trainer import check_resume
+
+    work = Path(work_dir) if work_dir is not None else None
+    resume = check_resume(resume)
+    if resume is True and work is None:
+        raise ArgumentError("{} continues the checkpoint in a {}; give the one the earlier run used",
+                            Arg("resume", True), Arg("work_dir"))
+    return work, resume
+
+
+def check_training_stage(state: State, work_dir: Path | None, cache_dir: str | Path | None) -> None:
+    """The preflight of a training stage: a flow-matching scheduler, and work and cache paths that can be directories."""
+    from lincompress.outputs import check_location
+    from lincompress.recovery.sampling import check_flow_scheduler
+
+    check_flow_scheduler(state.target.scheduler)
+    if work_dir is not None:
+        check_location(work_dir, "work_dir")
+    if cache_dir is not None:
+        check_location(cache_dir, "cache_dir")
