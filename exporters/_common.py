@@ -12,6 +12,8 @@ TensorRT optimisation profiles).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,14 @@ class ExportFiles:
 
     def record(self) -> None:
         self.outputs.add([n for n in self.names if (self.outputs.path / n).is_file()])
+
+    @contextmanager
+    def writing(self, overwrite: bool) -> Iterator[None]:
+        """Check again right before writing (a user may have put a file there during a long run since the
+        pipeline's preflight), then record what the block wrote."""
+        self.check(overwrite)
+        yield
+        self.record()
 
     @classmethod
     def for_file(cls, path: str | Path, *suffixes: str) -> ExportFiles:

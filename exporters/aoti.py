@@ -100,9 +100,7 @@ class AOTInductor:
         self._files().check(self.overwrite)  # before any pass runs
 
     def run(self, state):
-        files = self._files()
-        files.check(self.overwrite)
-        compile_aoti(ExportSource.from_state(state), self.path, dynamic=self.dynamic, device=self.device)
-        files.record()
+        with self._files().writing(self.overwrite):
+            compile_aoti(ExportSource.from_state(state), self.path, dynamic=self.dynamic, device=self.device)
         state.outputs["aoti"] = Path(self.path)
         return state

@@ -438,10 +438,8 @@ class ONNX:
         self._files().check(self.overwrite)  # before any pass runs
 
     def run(self, state):
-        files = self._files()
-        files.check(self.overwrite)
-        info = export_onnx(ExportSource.from_state(state), self.path, self.decompose, self.opset, dynamic=self.dynamic)
-        files.record()
+        with self._files().writing(self.overwrite):
+            info = export_onnx(ExportSource.from_state(state), self.path, self.decompose, self.opset, dynamic=self.dynamic)
         path = Path(self.path)
         state.outputs["onnx"] = path
         state.outputs["onnx_info"] = path.with_name(path.name + ".json")

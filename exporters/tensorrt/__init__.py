@@ -94,11 +94,9 @@ class TensorRT:
         self._files().check(self.overwrite)  # before any pass runs
 
     def run(self, state):
-        files = self._files()
-        files.check(self.overwrite)
-        info = export_tensorrt(ExportSource.from_state(state), self.out_dir, self.precision, self.overrides,
-                               self.strongly_typed, self.require_engine)
-        files.record()
+        with self._files().writing(self.overwrite):
+            info = export_tensorrt(ExportSource.from_state(state), self.out_dir, self.precision, self.overrides,
+                                   self.strongly_typed, self.require_engine)
         out = Path(self.out_dir)
         state.outputs["tensorrt_onnx"] = out / ONNX_NAME
         if info.get("engine"):
