@@ -13,12 +13,16 @@ Part 2 (diffusers WanTransformer3DModel at the Wan2.1-1.3B shape, random weights
 autocast, gradient checkpointing, batch 1): seconds per ADM training step with the
 selective-transfer hybrid (``--feature-map``, default Hedgehog), while every site is still
 hybrid (both branches run) and once K = 21 of 30 sites are frozen linear (their softmax
-branch is skipped). Each phase is timed twice in the same run on the same random draws:
-``fused`` (the op applies the feature map in its kernels) and ``unfused`` (the map in
-PyTorch, the op with ``identity`` at Dk = 2 D for Hedgehog: the path before the fused
-maps; ``--no-compare-unfused`` skips it); ``speedup_*`` = unfused / fused. Falls back to
-fewer latent frames when the full 21-frame latent does not fit. ``--wan13-tiny`` runs
-part 2 on a 3-layer toy Wan (on a CPU too), to check the script.
+branch is skipped). Each phase is timed on every path in the same run on the same random
+draws (the ADM stop index decides how many forwards a step makes, so only same-draw steps
+compare): ``unfused`` (the map in PyTorch, the op with ``identity`` at Dk = 2 D for Hedgehog:
+the path before the fused maps; ``--no-compare-unfused`` skips it), ``fused`` (the op applies
+the map) and ``compiled`` (fused, every transformer block of student and teacher compiled,
+as ``RecoveryConfig(compile=True)`` / ``optimize --compile`` does; ``--no-compile`` skips it).
+``speedup_<phase>_<path>`` = unfused / path; ``recompiles_timed_*`` counts graphs compiled
+during timed steps (0: the warm-up covered every graph). Falls back to fewer latent frames
+when the full 21-frame latent does not fit. ``--wan13-tiny`` runs part 2 on a 3-layer toy Wan
+(on a CPU too), to check the script.
 
 Writes ``recovery.json`` (and prints every number).
 """
@@ -31,9 +35,11 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -160,7 +166,10 @@ WAN13 = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=12
              qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
 WAN13_TINY = dict(WAN13, num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=32, ffn_dim=64,
                   num_layers=3, rope_max_seq_len=64)  # --wan13-tiny: the same code path on a CPU, in seconds
-PATHS = ("fused", "unfused")  # fused: the op applies the feature map; unfused: PyTorch map + identity op (before)
+# unfused: PyTorch map + identity op at Dk = 2D, eager (the path before the fused maps); fused: the op applies
+# the map, eager; compiled: fused, every transformer block of student and teacher torch.compile'd
+# (``RecoveryConfig(compile=True)`` / ``--compile``). Speed-ups are against ``unfused``.
+PATHS = ("unfused", "fused", "compiled")
 
 
 def wan13_target(frames: int, device: torch.device, tiny: bool = False):
@@ -232,8 +241,9 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
-def _wan13_attempt(args, work: Path, frames: int, row: dict, device: torch.device) -> None:
+def _wan13_attempt(args, work: Path, frames: int, row: dict, device: torch.device, save) -> None:
     from lincompress import Pipeline, passes
+    from lincompress.regional_compile import compiled_blocks
     from lincompress.recovery.selective import SelectiveConfig
     from lincompress.recovery.trainer import RecoveryConfig, Trainer
 
@@ -246,57 +256,59 @@ def _wan13_attempt(args, work: Path, frames: int, row: dict, device: torch.devic
     trainer = Trainer(target, state.model, config, work / f"wan13-{frames}",
                       selective=SelectiveConfig(target_linear=0.7), progress=False)
     ctx = trainer._context(None)
-    paths = PATHS if args.compare_unfused else PATHS[:1]
-    row["paths"] = list(paths)
+    paths = [p for p in PATHS if (p != "unfused" or args.compare_unfused) and (p != "compiled" or args.compile)]
+    row["paths"] = paths
     row["teacher_forward_s"] = time_forward(target.model, target, ctx, device)
     row["warmup_step_s"] = time_steps(trainer, ctx, 0, 1, device)[0]
     draws = trainer.generator.get_state()  # every phase and path replays the same random stop indices / t
-    step = 1
-    for path in paths:  # phase 1: every site still hybrid (both branches run)
-        set_fused(state.model, path == "fused")
-        if path != "fused":  # the first step on a new path pays one-time costs (allocator growth)
-            time_steps(trainer, ctx, step, 1, device)
-            step += 1
-        trainer.generator.set_state(draws)
-        times = time_steps(trainer, ctx, step, args.timed_steps, device)
-        step += args.timed_steps
-        row[f"s_per_step_all_hybrid_{path}"] = sum(times) / len(times)
-        row[f"steps_all_hybrid_{path}"] = times
-    row["peak_memory_gib_hybrid"] = _peak_gib(device)
     reg = trainer.regularizer
-    for name, site in trainer.sites[: reg.k]:  # freeze K sites (first K; timing does not depend on which)
-        reg._freeze(name, site, step)
-    for path in paths:  # phase 2: K sites frozen linear (their softmax branch is skipped)
-        set_fused(state.model, path == "fused")
-        trainer.generator.set_state(draws)
-        times = time_steps(trainer, ctx, step, args.timed_steps, device)
-        step += args.timed_steps
-        row[f"s_per_step_k_frozen_linear_{path}"] = sum(times) / len(times)
-        row[f"steps_frozen_{path}"] = times
-        row[f"student_forward_frozen_s_{path}"] = time_forward(state.model, target, ctx, device)
+    step = 1
+    for phase in ("all_hybrid", "k_frozen_linear"):
+        if phase == "k_frozen_linear":  # freeze K sites (the first K; timing does not depend on which)
+            for name, site in trainer.sites[: reg.k]:
+                reg._freeze(name, site, step)
+        for path in paths:
+            set_fused(state.model, path != "unfused")
+            compiled = compiled_blocks([trainer.student, trainer.teacher], backend=args.compile_backend) \
+                if path == "compiled" else nullcontext()
+            with compiled:
+                t0 = time.perf_counter()  # a new path's first steps pay one-time costs: allocator growth, compiling
+                time_steps(trainer, ctx, step, args.warmup_steps, device)
+                row[f"warmup_s_{phase}_{path}"] = time.perf_counter() - t0
+                step += args.warmup_steps
+                graphs = counters["stats"]["unique_graphs"]
+                trainer.generator.set_state(draws)
+                times = time_steps(trainer, ctx, step, args.timed_steps, device)
+                step += args.timed_steps
+                row[f"recompiles_timed_{phase}_{path}"] = counters["stats"]["unique_graphs"] - graphs
+                if phase == "k_frozen_linear":
+                    row[f"student_forward_frozen_s_{path}"] = time_forward(state.model, target, ctx, device)
+            row[f"s_per_step_{phase}_{path}"] = sum(times) / len(times)
+            row[f"steps_{phase}_{path}"] = times
+            save()  # a job killed at its time limit keeps every path it finished
+            if phase == "all_hybrid":
+                row["peak_memory_gib_hybrid"] = _peak_gib(device)
     set_fused(state.model, True)
-    row.update({
-        "k_linear": reg.k, "peak_memory_gib": _peak_gib(device), "ok": True,
-        "s_per_step_all_hybrid": row["s_per_step_all_hybrid_fused"],
-        "s_per_step_k_frozen_linear": row["s_per_step_k_frozen_linear_fused"],
-    })  # fmt: skip
-    if args.compare_unfused:
-        for phase in ("all_hybrid", "k_frozen_linear"):
-            row[f"speedup_{phase}"] = row[f"s_per_step_{phase}_unfused"] / row[f"s_per_step_{phase}_fused"]
+    row.update({"k_linear": reg.k, "peak_memory_gib": _peak_gib(device), "ok": True,
+                "graphs_compiled": counters["stats"]["unique_graphs"]})
+    base = paths[0]
+    for phase in ("all_hybrid", "k_frozen_linear"):
+        for path in paths[1:]:
+            row[f"speedup_{phase}_{path}"] = row[f"s_per_step_{phase}_{base}"] / row[f"s_per_step_{phase}_{path}"]
+    print(f"[wan13] {args.feature_map}, s/step (same draws per path; speed-up vs {base}):", flush=True)
     for path in paths:
-        print(f"[wan13] {args.feature_map} {path:7s}: s/step all-hybrid {row[f's_per_step_all_hybrid_{path}']:.2f}, "
-              f"with {reg.k} frozen linear {row[f's_per_step_k_frozen_linear_{path}']:.2f}; "
-              f"student fwd (K linear) {row[f'student_forward_frozen_s_{path}']:.2f} s", flush=True)
-    if args.compare_unfused:
-        print(f"[wan13] fused vs unfused: {row['speedup_all_hybrid']:.2f}x all-hybrid, "
-              f"{row['speedup_k_frozen_linear']:.2f}x K frozen; teacher fwd {row['teacher_forward_s']:.2f} s; "
-              f"peak {row['peak_memory_gib'] or 0:.1f} GiB", flush=True)
+        cells = [f"{phase} {row[f's_per_step_{phase}_{path}']:.2f}"
+                 + (f" ({row[f'speedup_{phase}_{path}']:.2f}x)" if path != base else "")
+                 for phase in ("all_hybrid", "k_frozen_linear")]
+        print(f"[wan13]   {path:8s}: {', '.join(cells)}; student fwd (K linear) "
+              f"{row[f'student_forward_frozen_s_{path}']:.2f} s", flush=True)
+    print(f"[wan13] teacher fwd {row['teacher_forward_s']:.2f} s; peak {row['peak_memory_gib'] or 0:.1f} GiB", flush=True)
 
 
-def part_wan13(args, work: Path, device: torch.device) -> dict:
+def part_wan13(args, work: Path, device: torch.device, results: dict, save) -> dict:
     import gc
 
-    results: dict = {"attempts": [], "feature_map": args.feature_map, "tiny": args.wan13_tiny}
+    results.update({"attempts": [], "feature_map": args.feature_map, "tiny": args.wan13_tiny})
     for frames in args.frames:
         gc.collect()
         if device.type == "cuda":
@@ -308,7 +320,7 @@ def part_wan13(args, work: Path, device: torch.device) -> dict:
         results["attempts"].append(row)
         print(f"[wan13] frames={frames} tokens={row['video_tokens']}", flush=True)
         try:
-            _wan13_attempt(args, work, frames, row, device)
+            _wan13_attempt(args, work, frames, row, device, save)
         except torch.cuda.OutOfMemoryError as exc:
             row.update(ok=False, error=f"OOM: {str(exc).splitlines()[0][:200]}", peak_memory_gib=_peak_gib(device))
             print(f"[wan13] frames={frames}: out of memory", flush=True)
@@ -328,6 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--feature-map", default="hedgehog")
     parser.add_argument("--compare-unfused", action=argparse.BooleanOptionalAction, default=True,
                         help="part 2 also times the unfused feature-map path (PyTorch map + identity op) in the same run")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="part 2 also times the fused path with every block compiled (RecoveryConfig(compile=True))")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps per path and phase (compiling)")
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--ablation", action="store_true", help="part 1 runs ADM variants and learned+MSE instead")
     parser.add_argument("--skip-wan13", action="store_true")
@@ -345,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["tiny_ablation" if args.ablation else "tiny"] = part_tiny(args, device, work)
         _write(args.out, results)
     if not args.skip_wan13 and (device.type == "cuda" or args.wan13_tiny):
-        results["wan13"] = part_wan13(args, work, device)
+        results["wan13"] = {}
+        part_wan13(args, work, device, results["wan13"], lambda: _write(args.out, results))
         _write(args.out, results)
     _write(args.out, results)
     print(json.dumps({k: v for k, v in results.items() if not k.startswith("tiny")}, indent=1, default=str)[:3000])

@@ -161,13 +161,14 @@ class SiteRouter(AttentionInterceptor):
 
     def __init__(
         self, sites: nn.ModuleDict, track_patterns: bool, num_calls: int, *,
-        expected: tuple[CallSignature, ...] = (), owner: str = "", nested: tuple[nn.Module, ...] = (),
+        expected: tuple[CallSignature, ...] = (), owner: nn.Module | None = None, nested: tuple[nn.Module, ...] = (),
     ) -> None:
         super().__init__(track_patterns)
         self.sites = sites
         self.num_calls = max(1, num_calls)
         self.expected = expected
-        self.owner = owner or "a hybridized module"
+        self._owner = owner  # named only in errors: reading its name here would make torch.compile guard on
+        # it and compile every block separately
         self.nested = nested  # submodules that make attention calls of their own (they are not ours)
         self.index = 0
 
@@ -175,6 +176,10 @@ class SiteRouter(AttentionInterceptor):
         if self.nested and any(getattr(m, NESTED_RUNNING, 0) for m in self.nested):
             return run_unchanged(func, args, kwargs or {})  # a call of a nested owner: discovery counts it there
         return super().__torch_function__(func, types, args, kwargs)
+
+    @property
+    def owner(self) -> str:
+        return getattr(self._owner, "_lincompress_owner", None) or "a hybridized module"
 
     def _next_site(self, call: AttentionCall) -> HybridAttention | None:
         position = self.index % self.num_calls
@@ -221,7 +226,7 @@ def _routed_class(cls: type[nn.Module]) -> type[nn.Module]:
     def forward(self, *args, **kwargs):
         nested = tuple(self.get_submodule(path) for path in self._lincompress_nested)
         router = SiteRouter(getattr(self, SITES_ATTR), self._lincompress_track_patterns, self._lincompress_num_calls,
-                            expected=self._lincompress_expected, owner=self._lincompress_owner, nested=nested)
+                            expected=self._lincompress_expected, owner=self, nested=nested)
         with router:
             out = cls.forward(self, *args, **kwargs)
         router.finish()

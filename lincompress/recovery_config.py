@@ -55,6 +55,10 @@ class RecoveryConfig(PassConfig):
                                        help="Also checkpoint when this many minutes passed since the last one (0: off).")
     log_scores_every: int = option(1, low=1, help="Steps between recorded selection-score snapshots.")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward (less memory).")
+    compile: bool = option(False, record=False,
+                           help="torch.compile each transformer block of the student, teacher and any auxiliary "
+                                "network for the run (regional; compile time is paid in the first steps).")
+    compile_backend: str = option("inductor", record=False, help="torch.compile backend of --compile.")
     autocast: bool | None = option(None, help="bf16 autocast [default: on CUDA, off on CPU].")
     device: str | None = device_option()
     nproc: int | None = nproc_option()

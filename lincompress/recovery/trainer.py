@@ -41,7 +41,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ from lincompress.recovery.sampling import (
 )
 from lincompress.recovery.selective import SelectiveRegularizer
 from lincompress.recovery.teacher_data import TeacherData, build_teacher_cache, load_teacher_cache, shared_cache_dir
+from lincompress.regional_compile import compiled_blocks
 from lincompress.recovery_config import TRAINABLE, RecoveryConfig, SelectiveConfig
 from lincompress.target import Target, prepare_conditions
 
@@ -613,13 +614,20 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._stop_signal, self._phase = None, "interruptible"
         try:
-            with self._signals():
+            with self._signals(), self._compiled():
                 return self._run(resume, name, overwrite)
         except _Abort as stop:
             raise self._interrupted(stop.signum, saved=False) from None
         finally:
             for n, p in self.teacher.named_parameters():
                 p.requires_grad_(self._teacher_grad.get(n, True))
+
+    def _compiled(self) -> AbstractContextManager[Any]:
+        """Every module the run executes compiled per block (``config.compile``), eager again afterwards."""
+        if not self.config.compile:
+            return nullcontext()
+        modules = [module for module, _ in self._modules_to_place().values()]
+        return compiled_blocks(modules, backend=self.config.compile_backend)
 
     def _run(self, resume: bool | str, name: str, overwrite: bool) -> RecoveryResult:
         cfg = self.config

@@ -249,3 +249,21 @@ def test_a_shared_cache_is_reused_for_the_same_settings_and_never_overwritten_by
     _trainer(tmp_path / "c", steps=1, cache_dir=str(cache), teacher_steps=3).run()  # other settings: their own
     assert len(list(cache.glob("teacher-*"))) == 2 and shard.stat().st_mtime_ns == stamp
     assert not (tmp_path / "a" / "teacher").exists()
+
+
+def test_compiled_run_trains_exactly_like_the_eager_one_and_leaves_every_module_eager(uninterrupted, tmp_path):
+    """``compile=True`` (aot_eager: dynamo + AOT autograd, no codegen) changes how it runs, not what it trains."""
+    from torch._dynamo.utils import counters
+
+    want_weights, want, want_modes = uninterrupted
+    graphs = counters["stats"]["unique_graphs"]
+    trainer = _trainer(tmp_path, compile=True, compile_backend="aot_eager")
+    got = trainer.run()
+    assert counters["stats"]["unique_graphs"] > graphs  # the blocks really ran compiled
+    assert got.selection == want.selection and [s.mode for _, s in trainer.sites] == want_modes
+    weights = _weights(trainer)
+    assert weights.keys() == want_weights.keys()
+    for name, value in weights.items():
+        torch.testing.assert_close(value, want_weights[name], rtol=1e-5, atol=1e-6, msg=name)
+    for model in (trainer.student, trainer.teacher):
+        assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
