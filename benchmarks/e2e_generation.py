@@ -11,7 +11,11 @@ user's ``WanPipeline(...)(prompt)`` call costs, all of it measured in the same r
   the config's real shape (random weights, bf16, regional ``torch.compile`` of the blocks:
   each block compiled once, shared by all variants);
 * the VAE decode: diffusers ``AutoencoderKLWan`` at Wan 2.1's real config (random weights,
-  bf16), eager -- and compiled (``vae.decoder.compile()``) as the user's best case;
+  bf16), eager -- and compiled as the user's best case by ``vae_compile.compile_vae_decode``: the
+  decoder's per-frame call at steady state (latent frames 2 onwards) through one static graph, frames 0
+  and 1 eager. ``vae.decoder.compile()`` instead compiles a graph for every state of the decoder's
+  feature cache (frame 0, frame 1, frames >= 2 made dynamic, plus a stride variant with inductor: four
+  graphs at Wan's block structure on CPU); see ``benchmarks/vae_compile.py``;
 * the rest of the pipeline call (latent preparation, scheduler steps, CFG combination,
   postprocessing to ``--output-type``, default ``pt``: the video stays a GPU tensor).
 
@@ -34,9 +38,12 @@ What is measured vs multiplied, per row:
 
 The compiled-VAE rows come last in each shape (after the eager rows, so a slow VAE compile never
 costs the headline numbers): the compiled decode is timed alone and one full generation of the
-first student is measured with it; the other compiled-VAE rows are composed. Every variant's
-block graph is compiled by its first timed forward; the teacher also gets a 2-step warm-up
-generation (the pipeline's UniPC scheduler hands the transformer integer timesteps).
+first student is measured with it; the other compiled-VAE rows are composed. The JSON's
+``vae_compile`` records the method and dynamo's counters for the warm-up decode (the compile: one
+graph), the timed decodes and that generation (no compile, no eager fallback); anything else is
+printed as a WARNING and listed under ``vae_compile.warnings``. The VAE is eager again afterwards.
+Every variant's block graph is compiled by its first timed forward; the teacher also gets a 2-step
+warm-up generation (the pipeline's UniPC scheduler hands the transformer integer timesteps).
 Speed-ups use measured totals where a row has one, else composed ones (the JSON says which).
 Expected runtime on one H200 (both shapes, defaults): about 8 minutes, of which ~1 minute is the
 measured 50-step teacher at 1.3B; ``--deadline-s 500`` keeps it inside a 10-minute job.
@@ -64,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import e2e  # noqa: E402  (Wan configs, builder, discovery, SDPA backend choice, regional compile)
+import vae_compile  # noqa: E402  (the compiled VAE decode and dynamo's counters)
 from lincompress import atomic  # noqa: E402
 from lincompress import benchmarking as bm  # noqa: E402
 
@@ -328,21 +336,7 @@ def run_shape(run: Run, shape: Shape, text_encoder, tokenizer, device: torch.dev
             bm.release_memory(device)
         # the compiled VAE (the user's best case): its decode time, and one full generation of the first student
         if a.compile_vae and run.left() > a.vae_compile_estimate_s:
-            t1 = time.perf_counter()
-            vae.decoder.compile(backend=a.compile_backend)
-            vae.decode(decode_latent)
-            bm.synchronize(device)
-            result["vae_compile_s"] = round(time.perf_counter() - t1, 2)
-            vae_times["compiled"] = median_time(lambda: vae.decode(decode_latent), device, a.vae_reps)
-            result["vae_decode_s"]["compiled"] = round(vae_times["compiled"], 4)
-            print(f"  VAE decode compiled {vae_times['compiled']:.3f} s (compiled in {result['vae_compile_s']} s)", flush=True)
-            variant, row = next(((v, r) for v, r in rows if v["sampler"] is not None and "error" not in r), (None, None))
-            estimate = row and row["forwards"] * row["forward_ms"] / 1e3 + vae_times["compiled"] + 5
-            if variant is not None and run.left() > estimate + 10:
-                with bm.fixed_in_place(transformer, sites, variant["selection"], a.feature_map):
-                    row["measured_compiled_vae"] = measured_generation(pipe, variant, shape, device, a.output_type)
-                print_measured(row["measured_compiled_vae"], "compiled")
-            vae.decoder._compiled_call_impl = None
+            compiled_vae_rows(run, pipe, vae, decode_latent, rows, transformer, sites, shape, device, vae_times, result)
         elif a.compile_vae:
             print("  VAE compile: skipped (deadline)", flush=True)
         finish_shape(result, vae_times)
@@ -352,6 +346,50 @@ def run_shape(run: Run, shape: Shape, text_encoder, tokenizer, device: torch.dev
     del pipe, transformer, vae
     torch._dynamo.reset()
     bm.release_memory(device)
+
+
+def compiled_vae_rows(run: Run, pipe, vae, decode_latent, rows, transformer, sites, shape, device, vae_times,
+                      result) -> None:
+    """Decode time with ``vae_compile.compile_vae_decode`` and one measured generation of the first student with it.
+
+    Dynamo's counters are recorded for the warm-up decode (the compile: one graph expected), the timed decodes and
+    the generation (both: nothing compiled, nothing fallen back to eager); the VAE is eager again afterwards.
+    """
+    a = run.args
+    counts = vae_compile.DynamoCounts.now
+    phases: dict[str, vae_compile.DynamoCounts] = {}
+    info: dict[str, Any] = {"method": vae_compile.METHOD, "backend": a.compile_backend}
+    result["vae_compile"] = info
+    before = counts()
+    undo = vae_compile.compile_vae_decode(vae, a.compile_backend)
+    try:
+        t1 = time.perf_counter()
+        vae.decode(decode_latent)
+        bm.synchronize(device)
+        result["vae_compile_s"] = round(time.perf_counter() - t1, 2)
+        warm = counts()
+        phases["warmup"] = warm - before
+        vae_times["compiled"] = median_time(lambda: vae.decode(decode_latent), device, a.vae_reps)
+        timed = counts()
+        phases["timed_decodes"] = timed - warm
+        result["vae_decode_s"]["compiled"] = round(vae_times["compiled"], 4)
+        print(f"  VAE decode compiled {vae_times['compiled']:.3f} s (compiled in {result['vae_compile_s']} s; "
+              f"{phases['warmup'].graphs} graph(s))", flush=True)
+        variant, row = next(((v, r) for v, r in rows if v["sampler"] is not None and "error" not in r), (None, None))
+        estimate = row and row["forwards"] * row["forward_ms"] / 1e3 + vae_times["compiled"] + 5
+        if variant is not None and run.left() > estimate + 10:
+            with bm.fixed_in_place(transformer, sites, variant["selection"], a.feature_map):
+                row["measured_compiled_vae"] = measured_generation(pipe, variant, shape, device, a.output_type)
+            phases["generation"] = counts() - timed
+            print_measured(row["measured_compiled_vae"], "compiled")
+    finally:
+        undo()
+        info.update({phase: c.to_dict() for phase, c in phases.items()})
+    warnings = vae_compile.steady_state_warnings(phases)
+    if warnings:
+        info["warnings"] = warnings
+    for w in warnings:
+        print(f"  WARNING compiled VAE not at steady state -- {w}: its rows do not measure compiled speed", flush=True)
 
 
 def print_measured(m: dict[str, Any], mode: str) -> None:
@@ -444,6 +482,13 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"| {cfg['config']} | {r['variant']} | {r['steps']} x {r['forwards'] // r['steps']} | {mode} | "
                              f"{parts['total_s']:.2f} | {parts['text_s']:.2f} | {parts['denoise_s']:.2f} | "
                              f"{parts['vae_s']:.2f} | {parts['other_s']:.2f} | {r[f'speedup_{mode}_vae']:.2f}x | {kind} |")
+    compiled = [(c["config"], c["vae_compile"]) for c in results["configs"] if "warmup" in c.get("vae_compile", {})]
+    if compiled:
+        lines += ["", f"Compiled VAE: {s['compile_vae']} ({s['compile_backend']})."]
+        for name, info in compiled:
+            after = sum(info[p]["compiles"] for p in ("timed_decodes", "generation") if p in info)
+            lines.append(f"{name}: {info['warmup']['graphs']} graph(s) at warm-up, {after} compile(s) after it"
+                         + (f"; WARNING {'; '.join(info['warnings'])}" if info.get("warnings") else ""))
     return "\n".join(lines)
 
 
@@ -484,7 +529,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"configs": names, "targets": a.targets, "feature_map": a.feature_map, "teacher_steps": a.teacher_steps,
                      "student_steps": STUDENT_STEPS, "cfg_scale": CFG_SCALE, "text_tokens": TEXT_TOKENS,
                      "output_type": a.output_type, "compile": "regional block.compile()" if a.compile else "eager",
-                     "compile_vae": a.compile_vae, "compile_backend": a.compile_backend, "tiny": a.tiny,
+                     "compile_vae": vae_compile.METHOD if a.compile_vae else None,
+                     "compile_backend": a.compile_backend, "tiny": a.tiny,
                      "text_encoder": "UMT5EncoderModel, umt5-xxl config, random weights" if not a.tiny else "tiny UMT5",
                      "vae": "AutoencoderKLWan, Wan 2.1 config, random weights" if not a.tiny else "tiny AutoencoderKLWan"},
         "configs": [],

@@ -32,6 +32,11 @@ def test_generation_mode_measures_teacher_and_few_step_students_in_one_run(tmp_p
     assert (s["forwards"], s["text_calls"]) == (4, 1) and student["sampler_sigmas"] == [1.0, 0.9, 0.75, 0.5, 0.0]
     assert t["output_finite"] and s["output_finite"] and s["vae_s"] > 0 and t["denoise_s"] > 0
     assert set(config["vae_decode_s"]) == {"eager", "compiled"} and "measured_compiled_vae" in student
+    # the compiled VAE: one graph at warm-up, then nothing compiled in the timed decodes or the generation
+    vae = config["vae_compile"]
+    assert vae["warmup"]["graphs"] == 1 and "warnings" not in vae, vae
+    assert vae["timed_decodes"]["compiles"] == vae["generation"]["compiles"] == 0
+    assert "1 graph(s) at warm-up, 0 compile(s) after it" in results["table_md"]
     assert "composition_error_eager_vae" in teacher and teacher["speedup_eager_vae"] == 1.0
     assert student["speedup_eager_vae_kind"] == "measured" and "composed_compiled_vae" in teacher
     assert results["bar"]["wanted"] == 16.0 and "student 0.5 linear" in results["table_md"]
