@@ -9,7 +9,11 @@ object with a ``name`` and ``run(state) -> state``; it may also declare
 * ``before``: facts that must not exist yet when it runs (``passes.Distill`` declares
   ``("fixed",)``: it trains the hybrid, so it comes before ``passes.Fix``);
 * ``check(state)``: a cheap preflight (an output directory, a scheduler) run for every
-  pass before the first one starts, so a long run does not fail at its end.
+  pass before the first one starts, so a long run does not fail at its end;
+* ``planned_outputs``: the outputs it will write, known before it runs (``passes.Save``:
+  ``{"artifact": out_dir}``). The preflight of every later pass sees them in
+  ``state.outputs``, so ``passes.Report()`` checks the artifact directory a ``Save`` before
+  it will write, before any pass runs.
 
 A pass that changes the model is a ``RecordedPass``: a validated config
 (``lincompress.config.PassConfig``), ``convert(model, config, state) -> (model, metadata)``
@@ -22,6 +26,7 @@ entry-point group ``lincompress.passes`` is part of a saved model like a built-i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +232,10 @@ def _before(p: Any) -> tuple[str, ...]:
     return tuple(getattr(p, "before", ()) or ())
 
 
+def _planned_outputs(p: Any) -> dict[str, Path]:
+    return dict(getattr(p, "planned_outputs", None) or {})
+
+
 def _describe(options: list[str]) -> tuple[str, str]:
     what = [FACTS.get(o, (f"'{o}'", ""))[0] for o in options]
     made = [FACTS.get(o, ("", f"a pass that produces '{o}'"))[1] for o in options]
@@ -271,10 +280,12 @@ class Pipeline:
                     raise PipelineError(
                         f"{p.name} (pass {i + 1} of {len(self.passes)}) needs {what}; put {made_by} before it")
             have |= set(_produces(p))
+        planned = dict(state.outputs)  # what the passes before each one will have written
         for p in self.passes:
             preflight = getattr(p, "check", None)
             if callable(preflight):
-                preflight(state)
+                preflight(dataclasses.replace(state, outputs=dict(planned)))
+            planned.update(_planned_outputs(p))
 
     def run(self, target: Target | State) -> State:
         state = target if isinstance(target, State) else State(target=target, model=target.model)

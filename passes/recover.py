@@ -141,15 +141,18 @@ class Report(BasePass):
 
     def check(self, state: State) -> None:
         if self.config.out_dir is not None:
-            self._check(self.config.out_dir)
+            self._check(self.config.out_dir, self.config.overwrite)
+        elif "artifact" in state.outputs:  # the artifact directory (a Save before this one will write it)
+            # files lincompress did not write are refused now; reports of ours at run time, as
+            # Save(overwrite=True) removes the replaced artifact's reports first
+            self._check(state.outputs["artifact"], replace=True)
 
-    def _check(self, out_dir: str | Path) -> None:
+    def _check(self, out_dir: str | Path, replace: bool) -> None:
         from lincompress.outputs import OutputDir
         from lincompress.recovery.report import REPORT_FILES
 
         names = (*REPORT_FILES, *(f"{DISTILL_REPORT_DIR}/{name}" for name in REPORT_FILES))
-        OutputDir(out_dir).check(names, replace=self.config.overwrite, what="a training report",
-                                 replace_arg=Arg("overwrite", True))
+        OutputDir(out_dir).check(names, replace=replace, what="a training report", replace_arg=Arg("overwrite", True))
 
     def run(self, state: State) -> State:
         from lincompress.outputs import OutputDir
@@ -162,7 +165,7 @@ class Report(BasePass):
         if source is None and distill is None:
             return state  # nothing was trained: the artifact manifest says it all
         if self.config.out_dir is None:
-            self._check(out_dir)
+            self._check(out_dir, self.config.overwrite)
         written = []
         if source is not None:
             written += _copy_report(Path(source), Path(out_dir))
