@@ -26,7 +26,6 @@ from rich.console import Console
 
 from lincompress.api import SELECTIONS, compress
 from lincompress.commands._options import ARGV, config_options, given, objective_options, pop_objective_options
-from lincompress.commands._target import resolution_warnings
 from lincompress.config import Arg, ArgumentError
 from lincompress.distill_config import DistillConfig, check_processes
 from lincompress.distributed import is_main
@@ -90,9 +89,8 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, resum
 def _optimize(model_py: str, out_dir: str, select: str | None, resume: bool | str, overwrite: bool, keep_work: bool,
               quiet: bool, chosen: dict) -> None:
     console = Console(stderr=True, quiet=not is_main())  # one voice: rank 0's
-    with resolution_warnings(console):
-        state = compress(model_py, out_dir=out_dir, select=select, resume=resume,
-                         overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
+    state = compress(model_py, out_dir=out_dir, select=select, resume=resume,
+                     overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
     console.print(f"[bold]{len(state.selection)}[/] of {len(state.candidates)} candidate sites are linear "
                   f"({state.selection_method})" + (": " + ", ".join(state.selection) if state.selection else ""))
     rec = state.metrics.get("recovery")
