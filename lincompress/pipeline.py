@@ -104,6 +104,7 @@ class State:
     outputs: dict[str, Path] = field(default_factory=dict)  # files written by passes/exporters
     history: list[dict[str, Any]] = field(default_factory=list)  # {"pass", "seconds"} per pass run
     provided: set[str] = field(default_factory=set)  # facts made by passes that have no typed field
+    scratch: list[Path] = field(default_factory=list)  # temporary work dirs (lincompress.scratch): gone after success
 
     @classmethod
     def for_hybrid(cls, target: Target, model: nn.Module) -> State:
@@ -288,13 +289,22 @@ class Pipeline:
             planned.update(_planned_outputs(p))
 
     def run(self, target: Target | State) -> State:
+        """Check, then run every pass; temporary work directories go after success and stay after a failure."""
+        from lincompress import scratch
+
         state = target if isinstance(target, State) else State(target=target, model=target.model)
         self.check(state)
-        for p in self.passes:
-            start = time.perf_counter()
-            state = _run_pass(p, state)
-            if not isinstance(state, State):
-                raise TypeError(f"pass {p.name!r} returned {type(state).__name__}, not a lincompress State")
-            state.provided |= set(_produces(p)) - _TYPED_FACTS
-            state.history.append({"pass": p.name, "seconds": round(time.perf_counter() - start, 3)})
+        try:
+            for p in self.passes:
+                start = time.perf_counter()
+                done = _run_pass(p, state)
+                if not isinstance(done, State):
+                    raise TypeError(f"pass {p.name!r} returned {type(done).__name__}, not a lincompress State")
+                state = done
+                state.provided |= set(_produces(p)) - _TYPED_FACTS
+                state.history.append({"pass": p.name, "seconds": round(time.perf_counter() - start, 3)})
+        except BaseException as exc:
+            scratch.keep(state, exc)
+            raise
+        scratch.remove(state)
         return state

@@ -10,7 +10,6 @@ its ``restore`` (which replays the selection it ended with).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,10 @@ class Recover(RecordedPass):
     **RecoveryConfig fields)``.
 
     ``work_dir`` holds the teacher cache, checkpoints, metrics.jsonl and the report;
-    give one to be able to resume (default: a fresh temporary directory, whose checkpoints
-    and caches are deleted after success). ``resume``: ``False`` starts (and refuses a
+    default: a fresh temporary directory (``lincompress.scratch``), removed when the pipeline
+    succeeds (``passes.Report(out_dir)`` copies the report out first) and kept when it fails or
+    is interrupted, named in the error with how to continue from it. A ``work_dir`` you name
+    is kept. ``resume``: ``False`` starts (and refuses a
     ``work_dir`` holding an earlier run's checkpoint unless ``overwrite``), ``True``
     continues that checkpoint (an error without one), ``"auto"`` continues one if there is
     one. These say how to run, so the recipe does not record them.
@@ -80,22 +81,20 @@ class Recover(RecordedPass):
     def convert(self, model: nn.Module, config: RecoveryConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
         from lincompress.recovery.trainer import Trainer
 
+        from lincompress import scratch
         from lincompress.distributed.context import DistributedContext, rank, world_size
 
         group = DistributedContext(rank(), world_size())  # several processes share one work directory
-        work_dir = self.work_dir or Path(group.broadcast(tempfile.mkdtemp(prefix="lincompress-recover-")
-                                                         if group.is_main else None))
+        work_dir = self.work_dir or scratch.make(state, "lincompress-recover-")  # removed once the pipeline succeeds
         home = next(model.parameters()).device
         trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,
                           selection=state.selection, progress=self.progress)
+        if self.work_dir is None:  # an interruption says how to continue from the temporary directory
+            trainer.resume_with = scratch.continue_args(work_dir)
         try:
             result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
             group.barrier()
-            if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
-                if group.is_main:
-                    trainer.discard_bulk()
-            else:  # a later stage (Distill) reuses the teacher trajectories and prompt embeddings
-                state.outputs["cache_dir"] = work_dir
+            state.outputs["cache_dir"] = work_dir  # a later stage (Distill) reuses the teacher trajectories
         finally:
             model.to(home)
             state.target.model.to(home)
