@@ -152,7 +152,11 @@ def compress(
         ``out_dir/.lincompress-work`` (the distillation stage's in its ``distill/``), so
         ``resume=True`` continues an interrupted run in the stage it was in (an error when
         there is nothing to continue; ``resume="auto"`` continues one if there is one, else
-        starts). ``overwrite=True`` starts over, replacing what an earlier run wrote.
+        starts). When the work directory is gone because the run finished, either of them
+        finds the finished artifact: made by this same run (base model, recorded configs,
+        target record), nothing runs and the State is read from it (``history`` empty);
+        made by another run, it is refused naming ``overwrite`` (``lincompress.finished_run``).
+        ``overwrite=True`` starts over, replacing what an earlier run wrote.
     keep_work: keep the work directory (checkpoints, teacher cache) after success; by default
         only the artifact and report remain.
     options: fields of the pass configs (see the module docstring), e.g. ``target_linear=0.7,
@@ -196,7 +200,14 @@ def compress(
         check_out_dir(out_dir, replace)  # before the model is even built
         recipe += [passes.Save(out_dir, overwrite=replace), passes.Report(out_dir, overwrite=replace)]
     pipeline = Pipeline(recipe)  # every option is validated: now load the model
-    state = pipeline.run(configure_target(target, _target_options(opts)))
+    target = configure_target(target, _target_options(opts))
+    if out_dir is not None and resume and not overwrite:  # the run may be finished already (its work dir gone)
+        from lincompress.finished_run import finished_run
+
+        done = finished_run(out_dir, recipe, target)
+        if done is not None:
+            return done
+    state = pipeline.run(target)
     if out_dir is not None and not keep_work:  # done: checkpoints and caches only served a resume
         from lincompress.distributed import is_main
 

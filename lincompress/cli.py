@@ -4,7 +4,8 @@ Each subcommand lives in its own module under ``lincompress/commands`` and expos
 click command named ``command``; this file only collects them. User errors
 (``LinCompressError``, and click's own usage errors) print as one line and exit 2, never
 as a traceback; an ``ArgumentError`` is printed with the subcommand's flag names. A
-``LinCompressWarning`` prints as one ``warning:`` line (an ``ArgumentWarning`` with flag names).
+``LinCompressWarning`` prints as one ``warning:`` line (an ``ArgumentWarning`` with flag names), by rank 0
+alone under ``--nproc`` / torchrun (``commands/_warnings.py``).
 In a worker of ``--nproc N`` (``lincompress.distributed.launch``) failures are recorded for the
 launcher, which prints the first one; under torchrun they go to its failure summary too.
 """
@@ -15,15 +16,15 @@ import importlib
 import pkgutil
 import sys
 import traceback
-import warnings
 
 import click
 
 import lincompress.commands as commands_pkg
 from lincompress.commands._options import ARGV, flag_names
-from lincompress.config import ArgumentError, ArgumentWarning, default_flag
+from lincompress.commands._warnings import shown_warnings
+from lincompress.config import ArgumentError, default_flag
 from lincompress.distributed import launch
-from lincompress.errors import LinCompressError, LinCompressWarning
+from lincompress.errors import LinCompressError
 
 
 class _FriendlyGroup(click.Group):
@@ -39,17 +40,7 @@ class _FriendlyGroup(click.Group):
             return (flag_names(sub) if sub is not None else {}).get(name) or default_flag(name)
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("always", LinCompressWarning)
-                shown = warnings.showwarning
-
-                def show(message, category, *args, **kwargs):  # ours: one yellow line, with flags
-                    if not issubclass(category, LinCompressWarning):
-                        return shown(message, category, *args, **kwargs)
-                    text = message.render(flag_of) if isinstance(message, ArgumentWarning) else str(message)
-                    click.secho(f"warning: {' '.join(text.split())}", fg="yellow", err=True)
-
-                warnings.showwarning = show
+            with shown_warnings(flag_of):  # ours: one yellow line, with flags, by rank 0
                 return super().invoke(ctx)
         except ArgumentError as exc:
             self._fail(exc.render(flag_of), getattr(exc, "exit_code", 2))

@@ -9,7 +9,11 @@ object with a ``name`` and ``run(state) -> state``; it may also declare
 * ``before``: facts that must not exist yet when it runs (``passes.Distill`` declares
   ``("fixed",)``: it trains the hybrid, so it comes before ``passes.Fix``);
 * ``check(state)``: a cheap preflight (an output directory, a scheduler) run for every
-  pass before the first one starts, so a long run does not fail at its end.
+  pass before the first one starts, so a long run does not fail at its end;
+* ``planned_outputs``: the outputs it will write, known before it runs (``passes.Save``:
+  ``{"artifact": out_dir}``). The preflight of every later pass sees them in
+  ``state.outputs``, so ``passes.Report()`` checks the artifact directory a ``Save`` before
+  it will write, before any pass runs.
 
 A pass that changes the model is a ``RecordedPass``: a validated config
 (``lincompress.config.PassConfig``), ``convert(model, config, state) -> (model, metadata)``
@@ -22,6 +26,7 @@ entry-point group ``lincompress.passes`` is part of a saved model like a built-i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +104,7 @@ class State:
     outputs: dict[str, Path] = field(default_factory=dict)  # files written by passes/exporters
     history: list[dict[str, Any]] = field(default_factory=list)  # {"pass", "seconds"} per pass run
     provided: set[str] = field(default_factory=set)  # facts made by passes that have no typed field
+    scratch: list[Path] = field(default_factory=list)  # temporary work dirs (lincompress.scratch): gone after success
 
     @classmethod
     def for_hybrid(cls, target: Target, model: nn.Module) -> State:
@@ -227,6 +233,10 @@ def _before(p: Any) -> tuple[str, ...]:
     return tuple(getattr(p, "before", ()) or ())
 
 
+def _planned_outputs(p: Any) -> dict[str, Path]:
+    return dict(getattr(p, "planned_outputs", None) or {})
+
+
 def _describe(options: list[str]) -> tuple[str, str]:
     what = [FACTS.get(o, (f"'{o}'", ""))[0] for o in options]
     made = [FACTS.get(o, ("", f"a pass that produces '{o}'"))[1] for o in options]
@@ -271,19 +281,30 @@ class Pipeline:
                     raise PipelineError(
                         f"{p.name} (pass {i + 1} of {len(self.passes)}) needs {what}; put {made_by} before it")
             have |= set(_produces(p))
+        planned = dict(state.outputs)  # what the passes before each one will have written
         for p in self.passes:
             preflight = getattr(p, "check", None)
             if callable(preflight):
-                preflight(state)
+                preflight(dataclasses.replace(state, outputs=dict(planned)))
+            planned.update(_planned_outputs(p))
 
     def run(self, target: Target | State) -> State:
+        """Check, then run every pass; temporary work directories go after success and stay after a failure."""
+        from lincompress import scratch
+
         state = target if isinstance(target, State) else State(target=target, model=target.model)
         self.check(state)
-        for p in self.passes:
-            start = time.perf_counter()
-            state = _run_pass(p, state)
-            if not isinstance(state, State):
-                raise TypeError(f"pass {p.name!r} returned {type(state).__name__}, not a lincompress State")
-            state.provided |= set(_produces(p)) - _TYPED_FACTS
-            state.history.append({"pass": p.name, "seconds": round(time.perf_counter() - start, 3)})
+        try:
+            for p in self.passes:
+                start = time.perf_counter()
+                done = _run_pass(p, state)
+                if not isinstance(done, State):
+                    raise TypeError(f"pass {p.name!r} returned {type(done).__name__}, not a lincompress State")
+                state = done
+                state.provided |= set(_produces(p)) - _TYPED_FACTS
+                state.history.append({"pass": p.name, "seconds": round(time.perf_counter() - start, 3)})
+        except BaseException as exc:
+            scratch.keep(state, exc)
+            raise
+        scratch.remove(state)
         return state

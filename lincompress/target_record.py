@@ -30,13 +30,16 @@ from lincompress.prompts import check_prompts, prompt_set_hash
 from lincompress.target import Target, TargetOptions
 
 
-def target_record(target: Target, recipe: list[Any], out_dir: Path) -> dict[str, Any]:
-    """The manifest fields describing how ``target`` samples (writes ``prompts.json`` for stated prompts)."""
+def target_record(target: Target, recipe: list[Any], out_dir: Path | None) -> dict[str, Any]:
+    """The manifest fields describing how ``target`` samples (writes ``prompts.json`` for stated prompts into
+    ``out_dir``; None: only describe them, to compare with an artifact's record)."""
     options = target.extras.get("target_options")
     options = options if isinstance(options, TargetOptions) else None
     prompts = target.prompt_info()
     if prompts is not None and options is not None and options.states_prompts:
-        atomic.write_text(Path(out_dir) / PROMPTS_FILE, json.dumps(list(target.prompts), indent=0, ensure_ascii=False))
+        if out_dir is not None:
+            atomic.write_text(Path(out_dir) / PROMPTS_FILE,
+                              json.dumps(list(target.prompts), indent=0, ensure_ascii=False))
         prompts = {**prompts, "file": PROMPTS_FILE}
     return {
         "guidance": GuidanceConfig.from_target(target, student_guidance_of(recipe)).to_dict(),

@@ -17,7 +17,6 @@ untrained N-step baseline). ``restore`` replays only the selection: the sampler 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ class Distill(RecordedPass):
 
     Fields: ``DistillConfig`` (the stage's own, then RecoveryConfig's training fields).
     ``work_dir`` holds the stage's checkpoints, metrics and report (default: a fresh
-    temporary directory, whose checkpoints are deleted after success). The teacher
+    temporary directory, removed when the pipeline succeeds and kept, named, when it fails:
+    as for Recover). The teacher
     trajectories and prompt embeddings live in ``cache_dir`` (a shared directory, as for
     Recover) or else in the preceding Recover's work directory, so they are built once.
     ``resume`` and ``overwrite`` are Recover's (``False`` / ``True`` / ``"auto"``). None of
@@ -99,16 +99,18 @@ class Distill(RecordedPass):
         from lincompress.recovery.distill import distill_objective
         from lincompress.recovery.trainer import Trainer
 
-        work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="lincompress-distill-"))
+        from lincompress import scratch
+
+        work_dir = self.work_dir or scratch.make(state, "lincompress-distill-")  # removed once the pipeline succeeds
         cache_dir = state.outputs.get("cache_dir") or work_dir  # Recover's caches (unless config.cache_dir is set)
         home = next(model.parameters()).device
         trainer = Trainer(state.target, model, config.recovery_config(), work_dir, selective=state.selective,
                           selection=state.selection, objective=distill_objective(config, sigmas),
                           progress=self.progress, cache_dir=cache_dir, stage="distill")
+        if self.work_dir is None:  # an interruption says how to continue from the temporary directory
+            trainer.resume_with = scratch.continue_args(work_dir)
         try:
             result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
-            if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
-                trainer.discard_bulk()
         finally:
             del trainer  # frees the fake-score network before the model moves back
             model.to(home)

@@ -10,7 +10,6 @@ its ``restore`` (which replays the selection it ended with).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,10 @@ class Recover(RecordedPass):
     **RecoveryConfig fields)``.
 
     ``work_dir`` holds the teacher cache, checkpoints, metrics.jsonl and the report;
-    give one to be able to resume (default: a fresh temporary directory, whose checkpoints
-    and caches are deleted after success). ``resume``: ``False`` starts (and refuses a
+    default: a fresh temporary directory (``lincompress.scratch``), removed when the pipeline
+    succeeds (``passes.Report(out_dir)`` copies the report out first) and kept when it fails or
+    is interrupted, named in the error with how to continue from it. A ``work_dir`` you name
+    is kept. ``resume``: ``False`` starts (and refuses a
     ``work_dir`` holding an earlier run's checkpoint unless ``overwrite``), ``True``
     continues that checkpoint (an error without one), ``"auto"`` continues one if there is
     one. These say how to run, so the recipe does not record them.
@@ -80,22 +81,20 @@ class Recover(RecordedPass):
     def convert(self, model: nn.Module, config: RecoveryConfig, state: State) -> tuple[nn.Module, dict[str, Any]]:
         from lincompress.recovery.trainer import Trainer
 
+        from lincompress import scratch
         from lincompress.distributed.context import DistributedContext, rank, world_size
 
         group = DistributedContext(rank(), world_size())  # several processes share one work directory
-        work_dir = self.work_dir or Path(group.broadcast(tempfile.mkdtemp(prefix="lincompress-recover-")
-                                                         if group.is_main else None))
+        work_dir = self.work_dir or scratch.make(state, "lincompress-recover-")  # removed once the pipeline succeeds
         home = next(model.parameters()).device
         trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,
                           selection=state.selection, progress=self.progress)
+        if self.work_dir is None:  # an interruption says how to continue from the temporary directory
+            trainer.resume_with = scratch.continue_args(work_dir)
         try:
             result = trainer.run(resume=self.resume, name=state.target.name, overwrite=self.overwrite)
             group.barrier()
-            if self.work_dir is None:  # a temporary dir nobody can resume from: keep only the report (for Report)
-                if group.is_main:
-                    trainer.discard_bulk()
-            else:  # a later stage (Distill) reuses the teacher trajectories and prompt embeddings
-                state.outputs["cache_dir"] = work_dir
+            state.outputs["cache_dir"] = work_dir  # a later stage (Distill) reuses the teacher trajectories
         finally:
             model.to(home)
             state.target.model.to(home)
@@ -141,15 +140,18 @@ class Report(BasePass):
 
     def check(self, state: State) -> None:
         if self.config.out_dir is not None:
-            self._check(self.config.out_dir)
+            self._check(self.config.out_dir, self.config.overwrite)
+        elif "artifact" in state.outputs:  # the artifact directory (a Save before this one will write it)
+            # files lincompress did not write are refused now; reports of ours at run time, as
+            # Save(overwrite=True) removes the replaced artifact's reports first
+            self._check(state.outputs["artifact"], replace=True)
 
-    def _check(self, out_dir: str | Path) -> None:
+    def _check(self, out_dir: str | Path, replace: bool) -> None:
         from lincompress.outputs import OutputDir
         from lincompress.recovery.report import REPORT_FILES
 
         names = (*REPORT_FILES, *(f"{DISTILL_REPORT_DIR}/{name}" for name in REPORT_FILES))
-        OutputDir(out_dir).check(names, replace=self.config.overwrite, what="a training report",
-                                 replace_arg=Arg("overwrite", True))
+        OutputDir(out_dir).check(names, replace=replace, what="a training report", replace_arg=Arg("overwrite", True))
 
     def run(self, state: State) -> State:
         from lincompress.outputs import OutputDir
@@ -162,7 +164,7 @@ class Report(BasePass):
         if source is None and distill is None:
             return state  # nothing was trained: the artifact manifest says it all
         if self.config.out_dir is None:
-            self._check(out_dir)
+            self._check(out_dir, self.config.overwrite)
         written = []
         if source is not None:
             written += _copy_report(Path(source), Path(out_dir))

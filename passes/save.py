@@ -22,6 +22,10 @@ class Save(BasePass):
     produces = ("artifact",)
     main_process_only = True  # several processes: rank 0 writes the artifact (lincompress.distributed.passes)
 
+    @property
+    def planned_outputs(self) -> dict[str, Path]:  # later passes' preflights (Report) check where it will write
+        return {"artifact": Path(self.config.out_dir)}
+
     def check(self, state: State) -> None:
         from lincompress.artifacts import check_out_dir
 

@@ -82,6 +82,62 @@ def test_overwrite_replaces_only_what_lincompress_wrote(artifact, tmp_path):
     assert set(OutputDir(out).record) == {"lincompress.json", "weights.safetensors"}
 
 
+@pytest.mark.parametrize("flag", ["--resume-or-start", "--resume"])
+def test_resuming_a_finished_run_says_it_is_done_and_trains_nothing(artifact, tmp_path, monkeypatch, flag):
+    """The work dir went with success: the artifact of the same command is the run, finished; nothing is replaced."""
+    import shutil
+
+    from lincompress.recovery.trainer import Trainer
+
+    out = tmp_path / "art"
+    shutil.copytree(artifact, out)
+    before = _files(out)
+    monkeypatch.setattr(Trainer, "run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    result = _cli("optimize", MODEL, *TRAIN, "--steps", "2", "--out", str(out), flag)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"nothing to resume: {out} already holds the finished artifact of this "
+                                          "command (--overwrite trains it again)"]
+    assert _files(out) == before and not (out / WORK_DIR).exists()
+
+
+def test_resuming_into_another_runs_finished_artifact_is_refused_naming_overwrite(artifact, tmp_path):
+    import shutil
+
+    out = tmp_path / "art"
+    shutil.copytree(artifact, out)
+    before = _files(out)
+    for changed, difference in ((["--steps", "3"], "--steps 2 there, --steps 3 here"),
+                                (["--steps", "2", "--select", "first"],
+                                 "passes hybridize -> selective-transfer -> recover -> fix there, "
+                                 "hybridize -> select -> recover -> fix here")):
+        result = _cli("optimize", MODEL, *TRAIN, *changed, "--out", str(out), "--resume-or-start")
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [f"error: nothing to resume: {out} holds the finished artifact of another "
+                                              f"run ({difference}); pass --overwrite to replace it, or choose another --out"]
+    assert _files(out) == before
+
+
+def test_compress_resuming_a_finished_run_returns_its_state_from_the_artifact(artifact, tmp_path):
+    import shutil
+
+    import torch
+
+    artifact = Path(shutil.copytree(artifact, tmp_path / "art"))
+    target = lincompress.load_target(MODEL)
+    state = lincompress.compress(target, out_dir=artifact, resume="auto", target_linear=0.67, samples=1,
+                                 teacher_steps=2, steps=2, progress=False)
+    manifest = json.loads((artifact / "lincompress.json").read_text())
+    assert state.history == [] and state.fixed and state.selection == manifest["selection"]
+    assert state.metrics == manifest["metrics"] and state.outputs["report"] == artifact / "report.md"
+    assert state.model is not target.model and not list(target.model.state_dict().keys() - state.model.state_dict())
+    inputs = target.inputs(1)
+    with torch.no_grad():
+        torch.testing.assert_close(state.model(**inputs), lincompress.load(artifact, MODEL)(**inputs))
+    with pytest.raises(OutputError, match=r"\(target_linear=0.67 there, target_linear=0.34 here\); pass overwrite=True"):
+        lincompress.compress(target, out_dir=artifact, resume=True, target_linear=0.34, samples=1, teacher_steps=2,
+                             steps=2, progress=False)
+
+
 def test_a_file_of_ours_the_user_edited_is_theirs_now(artifact, tmp_path):
     import shutil
 

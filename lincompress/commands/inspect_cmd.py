@@ -94,7 +94,7 @@ def render(data: dict[str, Any], console: Console) -> None:
 def command(model_py: str, as_json: bool, include: tuple[str, ...], **options) -> None:
     """Trace MODEL_PY and list its attention sites (self/cross/joint, shapes, tokens, FLOPs share)."""
     target = load_target(model_py, TargetOptions(**pop_target_options(options)))
-    warn_resolution(Console(stderr=True), target)  # before tracing, which takes a while at a pipeline's default size
+    warn_resolution(target)  # before tracing, which takes a while at a pipeline's default size
     traced = trace_model(target.model, target.inputs(1))
     data = report(target, traced, find_attention_sites(target, traced, include=include))
     if as_json:

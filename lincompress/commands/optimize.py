@@ -7,6 +7,9 @@ selection (``--select``, default uniform) is used. Training state lives in
 ``DIR/.lincompress-work`` (teacher cache, checkpoints, metrics), so ``--resume``
 continues an interrupted run with the same command line (``--resume-or-start``: continue
 if there is a checkpoint, else start); it is removed after success unless ``--keep-work``.
+Resuming a run that finished (its work directory removed) says so in one line and exits 0 when
+``--out`` holds the artifact of the same command, and is refused naming ``--overwrite`` when it
+holds another run's (``lincompress.finished_run``).
 
 Every field of the passes' configs is a flag here (``commands/_options.py``), and every
 objective field is ``--<objective>-<field>`` (e.g. ``--adm-grad-steps``); so is every
@@ -23,10 +26,10 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from lincompress.api import SELECTIONS, compress
 from lincompress.commands._options import ARGV, config_options, given, objective_options, pop_objective_options
-from lincompress.commands._target import resolution_warnings
 from lincompress.config import Arg, ArgumentError
 from lincompress.distill_config import DistillConfig, check_processes
 from lincompress.distributed import is_main
@@ -60,9 +63,11 @@ def _objective_options(options: dict, objective_flags: dict) -> None:
               help="How to choose the linear sites: learned (selective transfer; default when --steps > 0) or a "
                    "heuristic (default uniform with --steps 0).")
 @click.option("--resume", is_flag=True,
-              help="Continue the interrupted run in --out from its last checkpoint (an error if there is none).")
+              help="Continue the interrupted run in --out from its last checkpoint (an error if there is none; "
+                   "nothing to do if --out holds this command's finished artifact).")
 @click.option("--resume-or-start", is_flag=True,
-              help="Continue the run in --out if it has a checkpoint, else start one (for job scripts that requeue).")
+              help="Continue the run in --out if it has a checkpoint, else start one (for job scripts that requeue; "
+                   "nothing to do if --out holds this command's finished artifact).")
 @click.option("--overwrite", is_flag=True, help="Start over: replace what an earlier run wrote in --out.")
 @click.option("--keep-work", is_flag=True,
               help="Keep --out/.lincompress-work (checkpoints, teacher cache) after success.")
@@ -90,9 +95,12 @@ def command(model_py: str, out_dir: str, select: str | None, resume: bool, resum
 def _optimize(model_py: str, out_dir: str, select: str | None, resume: bool | str, overwrite: bool, keep_work: bool,
               quiet: bool, chosen: dict) -> None:
     console = Console(stderr=True, quiet=not is_main())  # one voice: rank 0's
-    with resolution_warnings(console):
-        state = compress(model_py, out_dir=out_dir, select=select, resume=resume,
-                         overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
+    state = compress(model_py, out_dir=out_dir, select=select, resume=resume,
+                     overwrite=overwrite, keep_work=keep_work, progress=not quiet, **chosen)
+    if not state.history:  # no pass ran: --out holds the finished artifact of this very command
+        console.print(f"nothing to resume: {escape(out_dir)} already holds the finished artifact of this command "
+                      "(--overwrite trains it again)", soft_wrap=True)
+        return
     console.print(f"[bold]{len(state.selection)}[/] of {len(state.candidates)} candidate sites are linear "
                   f"({state.selection_method})" + (": " + ", ".join(state.selection) if state.selection else ""))
     rec = state.metrics.get("recovery")

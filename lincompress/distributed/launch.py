@@ -60,6 +60,14 @@ def env_world_size() -> int:
         return 1
 
 
+def env_rank() -> int:
+    """``RANK`` as torchrun (or our launcher) set it; 0 outside a launched worker."""
+    try:
+        return max(0, int(os.environ.get("RANK", "0")))
+    except ValueError:
+        return 0
+
+
 def in_launched_worker() -> bool:
     """Is this process a worker that ``launch`` started (so the launcher reports its failures)?"""
     return os.environ.get(LAUNCHED) == "1"

@@ -29,6 +29,7 @@ from torch import nn
 from lincompress.devices import resolve_device
 from lincompress.distributed.context import DistributedContext
 from lincompress.distributed import sharding
+from lincompress.errors import LinCompressWarning
 from lincompress.recovery.checkpoint import RNGState
 
 
@@ -131,9 +132,9 @@ class DataParallel:
             return module
         where = next((p.device for p in module.parameters() if p.device.type != "cpu"), None)
         if where is not None:
-            warnings.warn(f"{type(module).__name__}'s parameters are on {where}: they stay there, whole, while FSDP2 "
-                          "trains a sharded copy; build the model on the CPU to give that memory to training",
-                          stacklevel=3)
+            warnings.warn(LinCompressWarning(
+                f"{type(module).__name__}'s parameters are on {where}: they stay there, whole, while FSDP2 trains a "
+                "sharded copy; build the model on the CPU to give that memory to training"), stacklevel=3)
         return sharding.training_copy(module)
 
     def place(self, modules: dict[str, tuple[nn.Module, str]], mixed_precision: bool) -> None:

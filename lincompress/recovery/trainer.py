@@ -183,6 +183,9 @@ class Trainer:
     progress bar.
     """
 
+    # what continues an interrupted run, for its messages (a temporary work dir adds work_dir=...)
+    resume_with: tuple[Arg, ...] = (Arg("resume", True),)
+
     def __init__(
         self, target: Target, student: nn.Module, config: RecoveryConfig, work_dir: str | Path,
         selective: SelectiveConfig | None = None, selection: list[str] | None = None,
@@ -374,14 +377,6 @@ class Trainer:
             shift=timestep_shift(self.target.scheduler), student_sigmas=sigmas,
             generator=self.generator, device=self.device, autocast=self.autocast, data=data, guidance=self.guidance,
         )
-
-    def discard_bulk(self) -> None:
-        """Delete the checkpoints and the caches this run keeps in its own work dir (after success in a temporary
-        dir nobody resumes from); the report and metrics stay."""
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-        if self.config.cache_dir is None and self.cache_dir == self.work_dir:
-            for cache in ("teacher", "prompts"):
-                shutil.rmtree(self.work_dir / cache, ignore_errors=True)
 
     # -- checkpoints -----------------------------------------------------------------
     @property
@@ -579,7 +574,8 @@ class Trainer:
         kept = (f"the last good checkpoint (step {good}) is kept in {literal(self.checkpoint_dir)}" if good is not None
                 else "no checkpoint was written yet")
         return NonFiniteError(f"{what} became {value} at step {step + 1}; training stopped, {kept}; lower {{}} "
-                              "(or {}) and re-run with {}", Arg("lr"), Arg("grad_clip"), Arg("resume", True))
+                              f"(or {{}}) and re-run with {self._resume_text}", Arg("lr"), Arg("grad_clip"),
+                              *self.resume_with)
 
     def _record(self, step: int, logs: dict[str, float], seconds: float) -> dict[str, Any]:
         record: dict[str, Any] = {"step": step, **logs, "seconds": round(seconds, 4)}
@@ -728,8 +724,12 @@ class Trainer:
             kept = f"the checkpoint of step {self._saved_step} in {where} is kept"
         else:
             kept = "no checkpoint was written yet (finished teacher trajectories are kept)"
-        return TrainingInterrupted(f"stopped by {what} at step {self.step}; {kept}; run the same command with {{}} to "
-                                   "continue", Arg("resume", True), signum=signum)
+        return TrainingInterrupted(f"stopped by {what} at step {self.step}; {kept}; run the same command with "
+                                   f"{self._resume_text} to continue", *self.resume_with, signum=signum)
+
+    @property
+    def _resume_text(self) -> str:
+        return " and ".join("{}" for _ in self.resume_with)
 
     def _write_report(self, name: str, metrics: dict[str, Any]) -> Path:
         reg = self.regularizer

@@ -212,11 +212,17 @@ def test_torchrun_runs_the_command_and_a_script_that_calls_compress_over_its_pro
     from safetensors.torch import load_file
 
     want = _summary(two_processes[0])
-    # the command under the user's own launcher: no --nproc, the group's size (2) is used; rank 0 alone speaks
-    cli = subprocess.run([*TORCHRUN, "-m", "lincompress", "optimize", str(MODEL), *ARGS, "--out", str(tmp_path / "cli"),
+    # the command under the user's own launcher: no --nproc, the group's size (2) is used; rank 0 alone speaks,
+    # warnings included (every rank meets the one this model.py raises: the same model, the same weights)
+    model = tmp_path / "model.py"
+    model.write_text(f"import sys, warnings\nsys.path.insert(0, {str(MODEL.parent)!r})\n"
+                     "from tiny_model import build as _build\nfrom lincompress.errors import LinCompressWarning\n\n"
+                     "def build():\n    warnings.warn(LinCompressWarning('built on this rank'))\n    return _build()\n")
+    cli = subprocess.run([*TORCHRUN, "-m", "lincompress", "optimize", str(model), *ARGS, "--out", str(tmp_path / "cli"),
                           "--grad-accum", "2"], env=_env(), capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert (cli.stdout + cli.stderr).count("artifact written to") == 1
+    assert (cli.stdout + cli.stderr).count("warning: built on this rank") == 1, cli.stderr
     assert _summary(tmp_path / "cli")["sha"] == want["sha"]  # bit-identical to --nproc 2 (the same 2 ranks)
 
     # Python: every rank calls compress over the group it initialised; rank 0 writes, every rank gets the model

@@ -56,6 +56,29 @@ def test_recover_trains_a_heuristic_selection_and_keeps_it(tmp_path):
     assert state.modified_parameters and all(".attn." in n for n in state.modified_parameters)
 
 
+class _Spy:
+    name = "spy"
+    ran = False
+
+    def run(self, state):
+        self.ran = True
+        return state
+
+
+def test_report_into_the_artifact_checks_it_before_any_pass_runs(tmp_path):
+    """Report() writes where the Save before it writes: a user's report.md there is refused before training."""
+    out = tmp_path / "art"
+    Pipeline([passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.5), passes.Fix(),
+              passes.Save(out)]).run(recovery_target(depth=2))
+    (out / "report.md").write_text("my notes\n")  # the user's file in our artifact directory
+    spy = _Spy()
+    with pytest.raises(LinCompressError, match=r"report.md was not written by lincompress .* would be overwritten"):
+        Pipeline([spy, passes.FindAttention(), passes.Hybridize(), passes.HeuristicSelect(0.5),
+                  passes.Recover("mse", steps=1, samples=1, teacher_steps=2, progress=False), passes.Fix(),
+                  passes.Save(out, overwrite=True), passes.Report()]).run(recovery_target(depth=2))
+    assert not spy.ran and (out / "report.md").read_text() == "my notes\n"
+
+
 def test_greedy_select_pass_picks_k_sites():
     state = Pipeline([passes.FindAttention(), passes.Hybridize(), passes.GreedySelect(0.75, points=2)]).run(
         recovery_target(depth=4))
