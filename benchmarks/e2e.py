@@ -71,6 +71,7 @@ from lincompress import Target, atomic  # noqa: E402
 from lincompress import benchmarking as bm  # noqa: E402
 from lincompress.passes import FindAttention  # noqa: E402
 from lincompress.pipeline import State  # noqa: E402
+from lincompress.regional_compile import compile_regions  # noqa: E402
 from lincompress.selection import heuristic_selection  # noqa: E402
 
 WAN_COMMON = dict(
@@ -279,12 +280,13 @@ def fixed_variant(model: torch.nn.Module, sites, chosen: list[str], fm: str):
 
 
 def compile_blocks(model: torch.nn.Module) -> None:
-    for block in model.blocks:
+    """Regional compile kept across variants (``lincompress.regional_compile``'s blocks; undone by ``uncompile_blocks``)."""
+    for block in compile_regions(model):
         block.compile()
 
 
 def uncompile_blocks(model: torch.nn.Module) -> None:
-    for block in model.blocks:
+    for block in compile_regions(model):
         block._compiled_call_impl = None
 
 
