@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 def make(state: State, prefix: str) -> Path:
     """A new temporary work directory, registered in ``state.scratch`` (rank 0 makes it; every rank gets its path)."""
-    from lincompress.distributed.context import DistributedContext, rank, world_size
+    from lincompress.distributed.context import DistributedContext
 
-    group = DistributedContext(rank(), world_size())  # several processes share one work directory
+    group = DistributedContext.current()  # several processes share one work directory
     path = Path(group.broadcast(tempfile.mkdtemp(prefix=prefix) if group.is_main else None))
     state.scratch.append(path)
     return path
@@ -43,9 +43,9 @@ def remove(state: State) -> None:
     """After success: delete the temporary work directories and forget the outputs inside them."""
     if not state.scratch:
         return
-    from lincompress.distributed.context import DistributedContext, rank, world_size
+    from lincompress.distributed.context import DistributedContext
 
-    group = DistributedContext(rank(), world_size())
+    group = DistributedContext.current()
     group.barrier()  # no rank reads them any more
     for path in state.scratch:
         if group.is_main:

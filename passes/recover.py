@@ -82,9 +82,9 @@ class Recover(RecordedPass):
         from lincompress.recovery.trainer import Trainer
 
         from lincompress import scratch
-        from lincompress.distributed.context import DistributedContext, rank, world_size
+        from lincompress.distributed.context import DistributedContext
 
-        group = DistributedContext(rank(), world_size())  # several processes share one work directory
+        group = DistributedContext.current()  # several processes share one work directory
         work_dir = self.work_dir or scratch.make(state, "lincompress-recover-")  # removed once the pipeline succeeds
         home = next(model.parameters()).device
         trainer = Trainer(state.target, model, config, work_dir, selective=state.selective,

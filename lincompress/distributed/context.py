@@ -82,6 +82,11 @@ class DistributedContext:
         self.mesh = mesh
 
     @classmethod
+    def current(cls) -> DistributedContext:
+        """This process's rank and world size, for collectives over plain objects (paths, results) outside training."""
+        return cls(rank(), world_size())
+
+    @classmethod
     def create(cls, device: torch.device, nproc: int | None = None) -> DistributedContext:
         """The context of this process for training on ``device``; checks ``nproc`` against the process group.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from lincompress.distributed.context import DistributedContext, PeerFailed, rank, world_size
+from lincompress.distributed.context import DistributedContext, PeerFailed
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -24,7 +24,7 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def run_on_main(p: Any, state: Any) -> Any:
-    ctx = DistributedContext(rank(), world_size())
+    ctx = DistributedContext.current()
     if ctx.is_main:
         try:
             state = p.run(state)
