@@ -28,6 +28,7 @@ from lincompress.outputs import WORK_DIR, OutputError
 from lincompress.pipeline import RecordedPass, State
 from lincompress.target import Target
 
+
 def finished_run(out_dir: str | Path, passes: list[Any], target: Target) -> State | None:
     """The State of the finished artifact in ``out_dir`` when ``passes`` on ``target`` made it; None when there is
     no finished artifact there, or a work directory to resume; an ``OutputError`` when another run made it."""
