@@ -24,7 +24,10 @@ forwards per step, text encoded twice: prompt and negative prompt); ``student 0.
 ``student 0.7``: that fraction of self-attention linear (evenly spread, ``--feature-map``
 relu), guidance-distilled (one forward per step), sampling in 4 steps on its own grid through
 ``lincompress.sampler.run_sampler`` (the recorded-grid Euler scheduler a distilled artifact
-ships with). Weights are random: latency does not depend on them.
+ships with). ``--full-step-students 0.7``: guidance-distilled students that keep the teacher's
+sampler (its 50 UniPC steps through the pipeline, ``guidance_scale=1``: one forward per step) --
+what a ``--student-guidance distilled`` artifact without a distillation stage runs. Weights are
+random: latency does not depend on them.
 
 What is measured vs multiplied, per row:
 
@@ -214,13 +217,16 @@ class Clock:
 
 
 def generate(pipe, variant: dict[str, Any], shape: Shape, steps: int | None, device: torch.device, output_type: str):
-    """One pipeline call: the teacher with CFG through the pipeline's scheduler, a student through run_sampler."""
+    """One pipeline call: the pipeline's own scheduler (the teacher with CFG, a full-step distilled student at
+    guidance scale 1: no negative prompt, one forward per step), or a few-step student through run_sampler."""
     from lincompress.sampler import run_sampler
 
     kwargs = dict(height=shape.height, width=shape.width, num_frames=shape.frames, output_type=output_type,
                   max_sequence_length=TEXT_TOKENS, generator=torch.Generator(device=device).manual_seed(0))
-    if variant["sampler"] is None:
+    if variant["sampler"] is None and variant["cfg"]:
         return pipe(prompt=PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=CFG_SCALE, **kwargs)
+    if variant["sampler"] is None:
+        return pipe(prompt=PROMPT, num_inference_steps=steps, guidance_scale=1.0, **kwargs)
     return run_sampler(pipe, PROMPT, variant["sampler"], **kwargs)
 
 
@@ -291,11 +297,15 @@ def run_shape(run: Run, shape: Shape, text_encoder, tokenizer, device: torch.dev
     from lincompress.selection import heuristic_selection
 
     variants = [{"name": f"teacher (softmax, {a.teacher_steps} steps, CFG)", "selection": None, "sampler": None,
-                 "steps": a.teacher_steps}]
+                 "steps": a.teacher_steps, "cfg": True}]
     for t in a.targets:
         variants.append({"name": f"student {t:g} linear ({STUDENT_STEPS} steps, distilled guidance)", "target_linear": t,
                          "selection": heuristic_selection(candidates, t, "uniform"),
-                         "sampler": student_sampler(shape.flow_shift), "steps": STUDENT_STEPS})
+                         "sampler": student_sampler(shape.flow_shift), "steps": STUDENT_STEPS, "cfg": False})
+    for t in a.full_step_students:
+        variants.append({"name": f"student {t:g} linear ({a.teacher_steps} steps, distilled guidance)", "target_linear": t,
+                         "selection": heuristic_selection(candidates, t, "uniform"), "sampler": None,
+                         "steps": a.teacher_steps, "cfg": False})
     if a.compile:
         e2e.compile_blocks(transformer)
     latent_kwargs = e2e.wan_inputs(config, config.latent, TEXT_TOKENS, device, dtype)  # as the pipeline feeds it
@@ -400,7 +410,7 @@ def print_measured(m: dict[str, Any], mode: str) -> None:
 
 def measure_variant(run: Run, pipe, variant, shape, latent_kwargs, device, vae_times, result) -> dict[str, Any]:
     a = run.args
-    cfg = variant["sampler"] is None
+    cfg = variant["cfg"]
     forwards = variant["steps"] * (2 if cfg else 1)
     row: dict[str, Any] = {"variant": variant["name"], "target_linear": variant.get("target_linear", 0.0),
                            "num_linear": len(variant["selection"] or []), "steps": variant["steps"], "cfg": cfg,
@@ -427,7 +437,8 @@ def measure_variant(run: Run, pipe, variant, shape, latent_kwargs, device, vae_t
     if run.left() < full_estimate * (1.15 if cfg else 1.0) + 10:
         print(f"    full generation: skipped (deadline; ~{full_estimate:.0f} s); composed", flush=True)
         return row
-    if cfg:  # the pipeline's own scheduler hands the transformer other timestep dtypes: compile for them first
+    if variant["sampler"] is None:  # the pipeline's own scheduler hands the transformer other timestep dtypes:
+        # compile for them first
         generate(pipe, variant, shape, 2, device, a.output_type)
     row["measured_eager_vae"] = measured_generation(pipe, variant, shape, device, a.output_type)
     print_measured(row["measured_eager_vae"], "eager")
@@ -437,7 +448,7 @@ def measure_variant(run: Run, pipe, variant, shape, latent_kwargs, device, vae_t
 def finish_shape(result: dict[str, Any], vae_times: dict[str, float]) -> None:
     """Composed totals for every row, composition error where both exist, speed-ups against the teacher."""
     rows = [r for r in result["rows"] if "error" not in r]
-    others = [r["measured_eager_vae"]["other_s"] for r in rows if not r["cfg"] and "measured_eager_vae" in r]
+    others = [r["measured_eager_vae"]["other_s"] for r in rows if "sampler_sigmas" in r and "measured_eager_vae" in r]
     other = statistics.median(others) if others else 0.0
     for r in rows:
         for mode, vae_s in vae_times.items():
@@ -496,6 +507,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="wan-1.3b,wan-14b-720p", help=f"comma-separated, from {', '.join(SHAPES)}")
     p.add_argument("--targets", default="0.5,0.7", help="linear fractions of the 4-step students")
+    p.add_argument("--full-step-students", default="",
+                   help="linear fractions of guidance-distilled students at the teacher's steps (pipeline scheduler, no CFG)")
     p.add_argument("--feature-map", default="relu")
     p.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS)
     p.add_argument("--max-measured-teacher-steps", type=int, default=TEACHER_STEPS,
@@ -514,6 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU: checks the script, measures nothing real")
     a = p.parse_args(argv)
     a.targets = [float(t) for t in a.targets.split(",") if t.strip()]
+    a.full_step_students = [float(t) for t in a.full_step_students.split(",") if t.strip()]
     shapes = TINY_SHAPES if a.tiny else SHAPES
     names = ["tiny"] if a.tiny else [c.strip() for c in a.configs.split(",") if c.strip()]
     unknown = [n for n in names if n not in shapes]
@@ -526,7 +540,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = Run(a)
     run.results = {
         "environment": bm.environment(device),
-        "settings": {"configs": names, "targets": a.targets, "feature_map": a.feature_map, "teacher_steps": a.teacher_steps,
+        "settings": {"configs": names, "targets": a.targets, "full_step_students": a.full_step_students, "feature_map": a.feature_map, "teacher_steps": a.teacher_steps,
                      "student_steps": STUDENT_STEPS, "cfg_scale": CFG_SCALE, "text_tokens": TEXT_TOKENS,
                      "output_type": a.output_type, "compile": "regional block.compile()" if a.compile else "eager",
                      "compile_vae": vae_compile.METHOD if a.compile_vae else None,

@@ -40,3 +40,16 @@ def test_generation_mode_measures_teacher_and_few_step_students_in_one_run(tmp_p
     assert "composition_error_eager_vae" in teacher and teacher["speedup_eager_vae"] == 1.0
     assert student["speedup_eager_vae_kind"] == "measured" and "composed_compiled_vae" in teacher
     assert results["bar"]["wanted"] == 16.0 and "student 0.5 linear" in results["table_md"]
+
+
+def test_a_full_step_distilled_student_runs_the_pipelines_scheduler_with_one_forward_per_step(tmp_path):
+    results = e2e.main(["--generation", "--tiny", "--no-compile", "--no-compile-vae", "--targets", "",
+                        "--full-step-students", "0.5", "--json", str(tmp_path / "gen.json")])
+    teacher, student = results["configs"][0]["rows"]
+    steps = results["settings"]["teacher_steps"]
+    assert "error" not in student, student.get("error")
+    assert not student["cfg"] and student["steps"] == steps and student["num_linear"] > 0
+    m = student["measured_eager_vae"]
+    assert (m["forwards"], m["text_calls"]) == (steps, 1) and m["output_finite"]
+    assert teacher["measured_eager_vae"]["forwards"] == 2 * steps and student["speedup_eager_vae_kind"] == "measured"
+    assert f"student 0.5 linear ({steps} steps, distilled guidance)" in results["table_md"]
