@@ -35,6 +35,7 @@ without a checkpoint (saving is a collective).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
@@ -75,6 +76,15 @@ __all__ = ["RESUME", "TRAINABLE", "NonFiniteError", "RecoveryConfig", "RecoveryR
            "TrainingInterrupted", "check_resume", "resolve_device"]
 
 RESUME = (False, True, "auto")  # start (refusing to discard a checkpoint), continue one (it must exist), either
+# RecoveryConfig fields a resumed run may change: how long, how fast and where it trains (a changed
+# --lr applies from the resumed step). Every other recorded setting -- what the run learns from and
+# toward: objective and its options, seed, batch, teacher trajectories, eval points, guidance,
+# selection -- must be the checkpoint's, or the resumed run would silently train another run.
+RESUME_MAY_CHANGE = frozenset({
+    "steps", "lr", "lr_feature_maps", "lr_score", "weight_decay", "grad_clip", "grad_accum", "checkpoint_every",
+    "checkpoint_minutes", "log_scores_every", "gradient_checkpointing", "compile", "compile_backend", "autocast",
+    "device", "nproc", "cache_dir", "cfg_batched", "compare_without_recovery",
+})
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -401,6 +411,7 @@ class Trainer:
         phase, self._phase = self._phase, "save"
         try:
             extra = {"config": asdict(self.config), "objective": self.objective.name, "trained": list(self.param_names),
+                     **self._trains_toward(),
                      "velocity_error_before": self._error_before, "elapsed": self._elapsed_now(),
                      "processes": self.parallel.ctx.world_size, "micro_batches": self.rng.slots}
             self.parallel.check_replicated(self._params)  # (several processes: the scores agree on every rank)
@@ -410,8 +421,18 @@ class Trainer:
         finally:
             self._phase = phase
 
+    def _trains_toward(self) -> dict[str, Any]:
+        """What this run learns toward besides its config, as JSON: selection, latent shape, teacher guidance."""
+        reg = self.regularizer
+        return {"selective": reg.config.to_dict() if reg is not None else None,
+                "selection": sorted(self.selection) if reg is None else None,
+                "latent_shape": list(latent_shape(self.target)),
+                "guidance": {"scale": self.guidance.scale if self.guidance.active else 1.0,
+                             "negative": self.guidance.active}}
+
     def _check_compatible(self, extra: dict[str, Any]) -> None:
-        """A checkpoint resumes only into the run that wrote it: same objective, student mode, trained set."""
+        """A checkpoint resumes only into the run that wrote it: same objective, student mode, trained set, and
+        every recorded setting outside ``RESUME_MAY_CHANGE``; the first difference is one line naming it."""
         where = literal(self.checkpoint_dir)
         if extra.get("objective") != self.objective.name:
             raise ArgumentError(f"the checkpoint in {where} was trained with {{}}; resume with the same {{}} or start "
@@ -437,6 +458,37 @@ class Trainer:
             was = (extra.get("config") or {}).get("train", "?")
             raise ArgumentError(f"the checkpoint in {where} trained other parameters ({{}}); resume with the same "
                                 "setting and model or start over with {}", Arg("train", was), Arg("overwrite", True))
+        self._check_same_settings(extra, where)
+
+    def _check_same_settings(self, extra: dict[str, Any], where: str) -> None:
+        def differs(saved: Any, now: Any) -> bool:  # the checkpoint's values went through JSON
+            return json.loads(json.dumps(now, default=str)) != saved
+
+        saved_config, config = extra.get("config") or {}, asdict(self.config)
+        for key, saved in saved_config.items():
+            if key not in RESUME_MAY_CHANGE and key in config and differs(saved, config[key]):
+                raise ArgumentError(f"the checkpoint in {where} was trained with {{}} (this run: "
+                                    f"{literal(repr(config[key]))}); resume with the same setting or start over "
+                                    "with {}", Arg(key, saved), Arg("overwrite", True))
+        now = self._trains_toward()
+        if "selective" in extra and differs(extra["selective"], now["selective"]):
+            saved, current = extra["selective"], now["selective"]
+            if saved is None or current is None:
+                how = "with" if current is None else "without"
+                raise ArgumentError(f"the checkpoint in {where} was trained {how} selective transfer; resume with the "
+                                    "same passes or start over with {}", Arg("overwrite", True))
+            key = next(k for k in saved if differs(saved[k], current.get(k)))
+            raise ArgumentError(f"the checkpoint in {where} was trained with {{}} (this run: "
+                                f"{literal(repr(current.get(key)))}); resume with the same setting or start over with "
+                                "{}", Arg(key, saved[key]), Arg("overwrite", True))
+        for key, what in (("selection", "another selection of linear sites"),
+                          ("latent_shape", f"latents of shape {literal(extra.get('latent_shape'))} (this run: "
+                                           f"{literal(now['latent_shape'])}; height, width, frames)"),
+                          ("guidance", f"teacher guidance {literal(extra.get('guidance'))} (this run: "
+                                       f"{literal(now['guidance'])}; guidance scale, negative prompt)")):
+            if key in extra and differs(extra[key], now[key]):
+                raise ArgumentError(f"the checkpoint in {where} was trained on {what}; resume with the same settings "
+                                    "or start over with {}", Arg("overwrite", True))
 
     def resume(self) -> int | None:
         """Load the latest checkpoint, if any; returns the step training continues from (None without one)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from dataclasses import dataclass
 
@@ -96,11 +97,11 @@ class FaultyFakeScore(FakeScoreADM):
         return super().loss(ctx, batch)
 
 
-def _trainer(work_dir, objective=None, **overrides) -> Trainer:
+def _trainer(work_dir, objective=None, target_linear=0.67, **overrides) -> Trainer:
     state = hybrid_state(depth=3)
     settings = dict(steps=STEPS, batch_size=2, samples=2, teacher_steps=2, checkpoint_every=3, lr=1e-3) | overrides
     config = RecoveryConfig(**settings)
-    return Trainer(state.target, state.model, config, work_dir, selective=SelectiveConfig(target_linear=0.67),
+    return Trainer(state.target, state.model, config, work_dir, selective=SelectiveConfig(target_linear=target_linear),
                    objective=objective, progress=False)
 
 
@@ -220,6 +221,25 @@ def test_resume_refuses_to_fake_or_discard_work(tmp_path):
     assert _trainer(tmp_path / "new", steps=1).run(resume="auto").metrics["resumed_from"] is None
     with pytest.raises(ArgumentError, match="resume='yes' must be False, True or 'auto'"):
         _trainer(tmp_path, steps=1).run(resume="yes")
+
+
+def test_resume_refuses_a_run_with_other_settings_and_accepts_a_longer_or_slower_one(tmp_path):
+    _trainer(tmp_path, steps=2, checkpoint_every=1).run()
+    refused = {  # what the run learns from and toward: each changed setting is named with the checkpoint's value
+        "target_linear=0.67 (this run: 0.34)": dict(target_linear=0.34),
+        "seed=0 (this run: 1)": dict(seed=1),
+        "batch_size=2 (this run: 1)": dict(batch_size=1),
+        "teacher_steps=2 (this run: 3)": dict(teacher_steps=3),
+        "eval_points=16 (this run: 4)": dict(eval_points=4),
+    }
+    for named, change in refused.items():
+        with pytest.raises(ArgumentError, match=rf"was trained with {re.escape(named)}; resume with the same setting "
+                                                "or start over with overwrite=True"):
+            _trainer(tmp_path, steps=3, **change).run(resume=True)
+    assert latest_step(tmp_path / "checkpoints") == 2  # nothing trained by the refused runs
+    # how long, how fast and where it trains may change
+    result = _trainer(tmp_path, steps=3, lr=5e-4, grad_clip=0.5, checkpoint_every=2).run(resume=True)
+    assert result.metrics["resumed_from"] == 2 and latest_step(tmp_path / "checkpoints") == 3
 
 
 def test_checkpoints_default_to_a_tenth_of_the_run_and_a_time_limit(tmp_path, monkeypatch):
