@@ -15,6 +15,11 @@ Before each compiled call the cache tails are made contiguous (the copy eager's 
 eager- and inductor-written tails look alike to the guards. Correctness never depends on the routing: dynamo's
 guards still check every input, so a structure not foreseen here costs a recompile, which ``DynamoCounts``
 reports, never a wrong result.
+
+With torch 2.11 on CUDA one graph break remains, in diffusers itself: ``WanResample.forward`` compares a cached
+tensor with the placeholder string (``feat_cache[idx] == "Rep"``), whose ``NotImplemented`` that dynamo cannot
+trace; inside the decoder's loop over up-blocks this makes dynamo run ``decoder.forward`` eager around compiled
+sub-graphs (14 at Wan's config; ``DynamoCounts.eager_fallbacks`` 1). torch 2.13 compiles it as one graph.
 """
 
 from __future__ import annotations
