@@ -213,9 +213,11 @@ class RecordedPass(BasePass):
         raise NotImplementedError
 
     def run(self, state: State) -> State:
+        from lincompress import scratch
         from lincompress.registry import package_of
 
-        model, metadata = self.convert(state.model, self.config, state)
+        with scratch.pass_scope(state):  # run by hand: its temporary work directories are its own to clean up
+            model, metadata = self.convert(state.model, self.config, state)
         state.model = model
         state.recipe.append(RecipeStep(self.name, self.config.to_dict(), metadata, package_of(type(self))))
         return state
@@ -297,7 +299,8 @@ class Pipeline:
         try:
             for p in self.passes:
                 start = time.perf_counter()
-                done = _run_pass(p, state)
+                with scratch.owned_by_pipeline():
+                    done = _run_pass(p, state)
                 if not isinstance(done, State):
                     raise TypeError(f"pass {p.name!r} returned {type(done).__name__}, not a lincompress State")
                 state = done

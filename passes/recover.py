@@ -31,7 +31,8 @@ class Recover(RecordedPass):
 
     ``work_dir`` holds the teacher cache, checkpoints, metrics.jsonl and the report;
     default: a fresh temporary directory (``lincompress.scratch``), removed when the pipeline
-    succeeds (``passes.Report(out_dir)`` copies the report out first) and kept when it fails or
+    succeeds (``passes.Report(out_dir)`` copies the report out first; run by hand, outside a
+    pipeline, when this pass returns) and kept when it fails or
     is interrupted, named in the error with how to continue from it. A ``work_dir`` you name
     is kept. ``resume``: ``False`` starts (and refuses a
     ``work_dir`` holding an earlier run's checkpoint unless ``overwrite``), ``True``

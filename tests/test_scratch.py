@@ -104,3 +104,37 @@ def test_recover_then_distill_leave_nothing_behind(tmp_root):
         recovery_target(depth=2))
     assert _ours(tmp_root) == [] and state.metrics["distillation"]["steps"] == 1
     assert not {"recovery_dir", "distill_dir", "cache_dir", "report", "distill_report"} & set(state.outputs)
+
+
+def _by_hand(target, *steps):
+    """Passes run one by one, outside a Pipeline (``passes.X().run(state)``)."""
+    from lincompress.pipeline import State
+
+    state = State(target=target, model=target.model)
+    for p in steps:
+        state = p.run(state)
+    return state
+
+
+def test_a_pass_run_by_hand_removes_its_directory_after_success(tmp_root):
+    state = _by_hand(recovery_target(depth=2), *_steps(_recover()))
+    assert _ours(tmp_root) == [] and state.scratch == [] and state.metrics["recovery"]["steps"] == 3
+    assert not {"recovery_dir", "cache_dir", "report"} & set(state.outputs)
+
+
+def test_a_pass_run_by_hand_keeps_its_work_after_a_failure_and_names_it(tmp_root, monkeypatch):
+    train_step = Trainer._train_step
+
+    def fails_in_step_3(self, ctx, step):
+        if step == 2:
+            raise RuntimeError("device lost")
+        return train_step(self, ctx, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", fails_in_step_3)
+    with pytest.raises(RuntimeError, match="device lost") as failed:
+        _by_hand(recovery_target(depth=2), *_steps(_recover()))
+    kept = _kept(tmp_root)
+    assert any(f"work_dir='{kept}' and resume=True" in note for note in failed.value.__notes__)
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    state = _by_hand(recovery_target(depth=2), *_steps(_recover(work_dir=kept, resume=True)))
+    assert state.metrics["recovery"]["resumed_from"] == 2 and kept.is_dir()  # named by the caller: theirs
