@@ -464,23 +464,24 @@ class Trainer:
         def differs(saved: Any, now: Any) -> bool:  # the checkpoint's values went through JSON
             return json.loads(json.dumps(now, default=str)) != saved
 
-        saved_config, config = extra.get("config") or {}, asdict(self.config)
-        for key, saved in saved_config.items():
-            if key not in RESUME_MAY_CHANGE and key in config and differs(saved, config[key]):
-                raise ArgumentError(f"the checkpoint in {where} was trained with {{}} (this run: "
-                                    f"{literal(repr(config[key]))}); resume with the same setting or start over "
-                                    "with {}", Arg(key, saved), Arg("overwrite", True))
+        def same_fields(saved: dict[str, Any], now: dict[str, Any], may_change: frozenset[str] = frozenset()) -> None:
+            """Every field the checkpoint recorded (a field it predates is not compared) has its value here."""
+            for key, value in saved.items():
+                if key not in may_change and key in now and differs(value, now[key]):
+                    raise ArgumentError(f"the checkpoint in {where} was trained with {{}} (this run: "
+                                        f"{literal(repr(now[key]))}); resume with the same setting or start over "
+                                        "with {}", Arg(key, value), Arg("overwrite", True))
+
+        same_fields(extra.get("config") or {}, asdict(self.config), RESUME_MAY_CHANGE)
         now = self._trains_toward()
-        if "selective" in extra and differs(extra["selective"], now["selective"]):
+        if "selective" in extra:
             saved, current = extra["selective"], now["selective"]
-            if saved is None or current is None:
+            if (saved is None) != (current is None):
                 how = "with" if current is None else "without"
                 raise ArgumentError(f"the checkpoint in {where} was trained {how} selective transfer; resume with the "
                                     "same passes or start over with {}", Arg("overwrite", True))
-            key = next(k for k in saved if differs(saved[k], current.get(k)))
-            raise ArgumentError(f"the checkpoint in {where} was trained with {{}} (this run: "
-                                f"{literal(repr(current.get(key)))}); resume with the same setting or start over with "
-                                "{}", Arg(key, saved[key]), Arg("overwrite", True))
+            if saved is not None:
+                same_fields(saved, current)
         for key, what in (("selection", "another selection of linear sites"),
                           ("latent_shape", f"latents of shape {literal(extra.get('latent_shape'))} (this run: "
                                            f"{literal(now['latent_shape'])}; height, width, frames)"),

@@ -237,6 +237,11 @@ def test_resume_refuses_a_run_with_other_settings_and_accepts_a_longer_or_slower
                                                 "or start over with overwrite=True"):
             _trainer(tmp_path, steps=3, **change).run(resume=True)
     assert latest_step(tmp_path / "checkpoints") == 2  # nothing trained by the refused runs
+    # a checkpoint written before a setting existed is not refused for it (an older lincompress's)
+    trainer = _trainer(tmp_path, steps=3)
+    older = {**trainer._trains_toward(), "config": {}}
+    older["selective"] = {k: v for k, v in older["selective"].items() if k != "harden_at"}
+    trainer._check_same_settings(older, "ckpt")
     # how long, how fast and where it trains may change
     result = _trainer(tmp_path, steps=3, lr=5e-4, grad_clip=0.5, checkpoint_every=2).run(resume=True)
     assert result.metrics["resumed_from"] == 2 and latest_step(tmp_path / "checkpoints") == 3
